@@ -1,0 +1,236 @@
+"""`stapo-eval`: evaluate a model on the paper's math benchmarks, or compare finished runs.
+
+    stapo-eval --model Qwen/Qwen3-8B-Base                       # paper protocol, training decoding, all six
+    stapo-eval --model outputs/stapo-1.7b --decoding justrl --benchmarks aime24 math500
+    stapo-eval --model outputs/stapo-1.7b --n 4 --max_new_tokens 4096 --max_problems 50   # a quick look
+    stapo-eval --compare runs/grpo/eval_results.json runs/stapo/eval_results.json
+
+Also `python -m stapo_trl.evaluate`. See `stapo_trl.evaluation` for the files written and the resume rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import evaluation as ev
+
+_OVERRIDE_FLAGS = {
+    "benchmark_path": "path",
+    "benchmark_split": "split",
+    "benchmark_config": "config",
+    "question_column": "question_column",
+    "answer_column": "answer_column",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stapo-eval",
+        description="avg@N evaluation on AIME24, AIME25, AMC23, MATH500, Minerva and OlympiadBench with the STAPO "
+        "paper's protocol (avg@32 on AIME24/AIME25/AMC23, avg@4 on the others, 20480 new tokens), or a "
+        "side-by-side comparison of finished runs (--compare).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    run = parser.add_argument_group("model and output")
+    run.add_argument("--model", help="Hub id or local path of the model to evaluate.")
+    run.add_argument("--revision", help="Hub revision (branch, tag or commit); the commit used is recorded.")
+    run.add_argument(
+        "--output_dir",
+        help="Where samples and results go; re-running with the same directory resumes. Default: "
+        "<model>/eval/<decoding> for a local model, eval_runs/<org--name>/<decoding> for a Hub model.",
+    )
+    run.add_argument("--run_name", help="Label of this run in tables (default: model name and decoding).")
+
+    bench = parser.add_argument_group("benchmarks")
+    bench.add_argument(
+        "--benchmarks",
+        nargs="+",
+        default=["all"],
+        metavar="NAME",
+        help=f"Benchmarks to evaluate, any of {', '.join(ev.BENCHMARK_ORDER)}, or 'all'.",
+    )
+    for flag, field in _OVERRIDE_FLAGS.items():
+        bench.add_argument(
+            f"--{flag}",
+            nargs="+",
+            action="extend",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"Override the dataset {field} of a benchmark, e.g. aime24=VALUE (repeatable).",
+        )
+    bench.add_argument("--max_problems", type=int, help="Evaluate only the first N problems of each benchmark.")
+
+    decoding = parser.add_argument_group("decoding")
+    decoding.add_argument(
+        "--decoding",
+        default=ev.DEFAULT_DECODING,
+        help="Decoding preset: 'training' (temperature 1.0, top-p 1.0) or 'justrl' (temperature 0.7, top-p 0.9).",
+    )
+    decoding.add_argument("--temperature", type=float, help="Override the preset's temperature (0 = greedy).")
+    decoding.add_argument("--top_p", type=float, help="Override the preset's top-p.")
+    decoding.add_argument(
+        "--n",
+        nargs="+",
+        metavar="N|NAME=N",
+        help="Samples per problem: one integer for every benchmark and/or NAME=N per benchmark. Default: the "
+        "paper's (32 on aime24, aime25, amc23; 4 on the others).",
+    )
+    decoding.add_argument("--max_new_tokens", type=int, default=ev.PAPER_MAX_NEW_TOKENS)
+    decoding.add_argument(
+        "--pass_k", nargs="+", type=int, metavar="K", help="k of pass@k (default: 1 and n); k > n is skipped."
+    )
+    decoding.add_argument("--seed", type=int, default=0)
+    decoding.add_argument(
+        "--chat_template_kwargs",
+        help="JSON object passed to the chat template, as in training (e.g. '{\"enable_thinking\": false}').",
+    )
+
+    backend = parser.add_argument_group("backend")
+    backend.add_argument(
+        "--backend", default="auto", help="auto (vLLM when installed, else transformers), vllm or transformers."
+    )
+    backend.add_argument("--batch_size", type=int, default=64, help="Prompts per generation call (and per flush).")
+    backend.add_argument("--tensor_parallel_size", type=int, default=1, help="vLLM: GPUs per model copy.")
+    backend.add_argument("--data_parallel_size", type=int, default=1, help="vLLM: model copies (worker processes).")
+    backend.add_argument("--gpu_memory_utilization", type=float, default=0.9, help="vLLM.")
+    backend.add_argument("--max_model_len", type=int, help="vLLM: context length (default: the model's).")
+    backend.add_argument(
+        "--max_batch_sequences", type=int, default=64, help="transformers: sequences per model.generate call."
+    )
+    backend.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32.")
+    backend.add_argument("--trust_remote_code", action="store_true")
+    backend.add_argument("--no_progress", action="store_true", help="Hide the progress bars.")
+
+    compare = parser.add_argument_group("comparison")
+    compare.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RESULTS",
+        help="Print the runs side by side (eval_results.json files or their directories) and exit.",
+    )
+    compare.add_argument("--labels", nargs="+", help="Row labels for --compare (default: each run's name).")
+    compare.add_argument("--compare_output", help="Also save the --compare table (Markdown) to this file.")
+    return parser
+
+
+def _split_pair(flag: str, item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name or not value:
+        raise ValueError(f"--{flag}: expected NAME=VALUE, got {item!r}")
+    return name.strip(), value
+
+
+def _parse_n(items: Sequence[str] | None):
+    if not items:
+        return None
+    per_benchmark: dict[str, int] = {}
+    default = None
+    for item in items:
+        name, sep, value = item.partition("=")
+        raw = value if sep else name
+        try:
+            number = int(raw)
+        except ValueError:
+            raise ValueError(f"--n: expected an integer or NAME=INTEGER, got {item!r}") from None
+        if sep:
+            per_benchmark[name.strip()] = number
+        else:
+            default = number
+    if not per_benchmark:
+        return default
+    if default is not None:
+        from .data import BENCHMARKS
+
+        return {**{name: default for name in BENCHMARKS}, **per_benchmark}
+    return per_benchmark
+
+
+def config_from_args(args: argparse.Namespace) -> ev.EvalConfig:
+    """An `EvalConfig` from parsed arguments; raises `ValueError` naming the flag on any invalid value."""
+    overrides: dict[str, dict[str, str]] = {}
+    for flag, field in _OVERRIDE_FLAGS.items():
+        for item in getattr(args, flag):
+            name, value = _split_pair(flag, item)
+            overrides.setdefault(name, {})[field] = value
+    chat_template_kwargs = None
+    if args.chat_template_kwargs:
+        try:
+            chat_template_kwargs = json.loads(args.chat_template_kwargs)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--chat_template_kwargs: not valid JSON ({error})") from None
+    if args.model is None:
+        raise ValueError("--model is required (or use --compare)")
+    return ev.EvalConfig(
+        model=args.model,
+        revision=args.revision,
+        output_dir=args.output_dir,
+        benchmarks=args.benchmarks,
+        decoding=args.decoding,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        n=_parse_n(args.n),
+        max_new_tokens=args.max_new_tokens,
+        pass_k=args.pass_k,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_problems=args.max_problems,
+        dataset_overrides=overrides,
+        backend=args.backend,
+        tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.max_model_len,
+        dtype=args.dtype,
+        max_batch_sequences=args.max_batch_sequences,
+        trust_remote_code=args.trust_remote_code,
+        chat_template_kwargs=chat_template_kwargs,
+        run_name=args.run_name,
+        progress=not args.no_progress,
+    )
+
+
+def run_compare(paths: Sequence[str], labels: Sequence[str] | None = None, output: str | None = None) -> str:
+    runs = [ev.load_results(path) for path in paths]
+    table = ev.compare_markdown(runs, labels)
+    if output:
+        Path(output).write_text(table)
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.compare:
+        try:
+            table = run_compare(args.compare, args.labels, args.compare_output)
+        except (OSError, ValueError) as error:
+            parser.error(f"--compare: {error}")
+        print(table, end="")
+        return 0
+    try:
+        config = config_from_args(args)
+        # Everything that can be checked without a model is checked here, before any loading.
+        if config.resolved_backend() == "vllm" and not ev.vllm_available():
+            raise ValueError(
+                "--backend vllm: vLLM is not installed (pip install 'stapo-trl[vllm]'); accepted without it: "
+                "auto, transformers"
+            )
+        if config.resolved_backend() == "transformers" and config.data_parallel_size > 1:
+            raise ValueError("--data_parallel_size > 1 needs --backend vllm")
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        results = ev.evaluate_model(config)
+    except ev.ResumeError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    print(ev.format_results_markdown(results), end="")
+    print(f"\nWrote {Path(config.resolved_output_dir()) / ev.EVAL_RESULTS_FILE}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

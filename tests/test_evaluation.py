@@ -1,0 +1,670 @@
+"""Evaluation harness: metrics, resume, CLI, backends, training callback (all offline, CPU, fast)."""
+
+import functools
+import importlib.util
+import itertools
+import json
+import math
+import os
+import shutil
+import sys
+import types
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+
+from stapo_trl import evaluation as ev
+from stapo_trl.evaluate import main
+from stapo_trl.tiny import build_char_tokenizer, build_tiny_qwen3
+
+TESTS = Path(__file__).parent
+FIXTURES = TESTS / "fixtures"
+DATASETS = FIXTURES / "datasets"
+EVAL_FIXTURES = FIXTURES / "eval"
+ALL_BENCHMARKS = ["aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scripted generators
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Preempted(RuntimeError):
+    pass
+
+
+class ScriptedGenerator:
+    """Returns scripted completions: sample i of prompt p is `script[p][i % len(script[p])]` ((text, num_tokens)).
+
+    Counts its calls and raises `Preempted` on the call after `fail_after` successful ones.
+    """
+
+    def __init__(self, script, fail_after=None):
+        self.script = script
+        self.fail_after = fail_after
+        self.calls = []
+
+    def generate(self, prompts, n, params):
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise Preempted("preempted")
+        self.calls.append((list(prompts), n, params))
+        return [
+            [ev.Completion(text, num_tokens=tokens) for text, tokens in itertools.islice(itertools.cycle(self.script[p]), n)]
+            for p in prompts
+        ]
+
+    @property
+    def prompts_sent(self):
+        return sum(len(prompts) for prompts, _, _ in self.calls)
+
+
+def boxed(value, tokens=10):
+    return (f"The answer is \\boxed{{{value}}}.", tokens)
+
+
+def hand_tasks():
+    """Two benchmarks whose scores are computed by hand in `test_scores_match_hand_computed_values`."""
+    aime = ev.BenchmarkTask(
+        "aime24",
+        prompts=["What is 1+1?", "What is 1+2?", "What is 5+5?"],
+        answers=["2", "3", "10"],
+        n=4,
+    )
+    math500 = ev.BenchmarkTask("math500", prompts=["What is 3+4?", "What is 4+5?"], answers=["7", "9"], n=2)
+    script = {
+        "What is 1+1?": [boxed(2, 10)],  # 4 / 4 correct
+        "What is 1+2?": [boxed(3, 20), boxed(4, 20), ("no idea", 40), boxed(5, 40)],  # 1 / 4
+        "What is 5+5?": [boxed(11, 30)],  # 0 / 4
+        "What is 3+4?": [boxed(7, 5), boxed(8, 15)],  # 1 / 2
+        "What is 4+5?": [boxed(9, 8)],  # 2 / 2
+    }
+    return [aime, math500], script
+
+
+PARAMS = ev.SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def brute_force_pass_at_k(n, c, k):
+    """The fraction of k-subsets of n samples (c correct) that hold a correct one, by enumeration."""
+    samples = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return Fraction(sum(any(samples[i] for i in subset) for subset in subsets), len(subsets))
+
+
+def test_pass_at_k_hand_values_and_enumeration():
+    assert ev.pass_at_k(4, 1, 2) == pytest.approx(0.5)  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+    assert ev.pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert ev.pass_at_k(5, 0, 3) == 0.0
+    assert ev.pass_at_k(5, 5, 1) == 1.0
+    assert ev.pass_at_k(4, 2, 3) == 1.0  # any 3 of 4 include a correct one
+    assert ev.pass_at_k(32, 1, 32) == 1.0
+    for n in range(1, 7):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert ev.pass_at_k(n, c, k) == pytest.approx(float(brute_force_pass_at_k(n, c, k)), abs=1e-12)
+    with pytest.raises(ValueError):
+        ev.pass_at_k(4, 1, 5)
+
+
+def test_avg_at_n_and_pass_at_1_agree():
+    correct = [[True, False, False, False], [True, True, True, True], [False] * 4]
+    assert ev.avg_at_n(correct) == pytest.approx(100 * (0.25 + 1 + 0) / 3)
+    scores = ev.benchmark_scores(correct, [[1, 2, 3, 4]] * 3, ks=[1, 2, 8])
+    assert scores["pass@1"] == pytest.approx(scores["avg@4"])
+    assert "pass@8" not in scores  # k > n is skipped
+    assert scores["pass@2"] == pytest.approx(100 * (0.5 + 1 + 0) / 3)
+    assert scores["mean_num_tokens"] == pytest.approx(2.5)
+
+
+def test_scores_match_hand_computed_values(tmp_path):
+    tasks, script = hand_tasks()
+    generator = ScriptedGenerator(script)
+    results = ev.run_evaluation(generator, tasks, PARAMS, pass_k=[1, 2, 4], output_dir=tmp_path, progress=False)
+
+    aime = results["benchmarks"]["aime24"]
+    assert aime["n"] == 4 and aime["num_problems"] == 3 and aime["num_samples"] == 12
+    assert aime["avg@4"] == pytest.approx(100 * (4 / 4 + 1 / 4 + 0 / 4) / 3)  # 41.67
+    assert aime["accuracy"] == aime["avg@4"]
+    assert aime["pass@1"] == pytest.approx(aime["avg@4"])
+    assert aime["pass@2"] == pytest.approx(100 * (1 + (1 - 3 / 6) + 0) / 3)  # 50.0
+    assert aime["pass@4"] == pytest.approx(100 * 2 / 3)
+    assert aime["mean_num_tokens"] == pytest.approx((4 * 10 + (20 + 20 + 40 + 40) + 4 * 30) / 12)
+
+    math500 = results["benchmarks"]["math500"]
+    assert math500["avg@2"] == pytest.approx(75.0)
+    assert math500["pass@2"] == pytest.approx(100.0)
+    assert "pass@4" not in math500
+    assert math500["mean_num_tokens"] == pytest.approx((5 + 15 + 8 + 8) / 4)
+    assert results["average"]["accuracy"] == pytest.approx((100 * 1.25 / 3 + 75.0) / 2)
+
+    # One call per benchmark (batch_size 64 > problems), each with the benchmark's n.
+    assert [(len(prompts), n) for prompts, n, _ in generator.calls] == [(3, 4), (2, 2)]
+
+    # Every sample is in the JSONL with the documented fields.
+    lines = [json.loads(line) for line in (tmp_path / ev.EVAL_SAMPLES_FILE).read_text().splitlines()]
+    assert len(lines) == 12 + 4
+    first = lines[0]
+    assert set(first) == {
+        "benchmark", "problem", "sample", "prompt", "completion", "extracted_answer", "gold", "correct",
+        "num_tokens", "truncated",
+    }
+    assert (first["benchmark"], first["problem"], first["sample"], first["extracted_answer"], first["correct"]) == (
+        "aime24", 0, 0, "2", True,
+    )
+    no_answer = next(r for r in lines if r["completion"] == "no idea")
+    assert no_answer["extracted_answer"] is None and no_answer["correct"] is False
+    saved = json.loads((tmp_path / ev.EVAL_RESULTS_FILE).read_text())
+    assert saved["benchmarks"]["aime24"]["avg@4"] == pytest.approx(aime["avg@4"])
+    assert (tmp_path / ev.EVAL_MARKDOWN_FILE).read_text() == ev.format_results_markdown(saved)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Grading: one function for training and evaluation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _grading_cases():
+    spec = importlib.util.spec_from_file_location("_shared_grading_cases", TESTS / "test_rewards.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.GRADING_CASES
+
+
+def test_evaluation_grading_agrees_with_training_reward_on_shared_cases():
+    from stapo_trl.rewards import accuracy_reward, boxed_reward
+
+    cases = _grading_cases()
+    assert len(cases) >= 5
+    # Through the whole harness: one problem per case, one sample, graded as evaluation grades.
+    tasks = [ev.BenchmarkTask("math500", [f"case {i}" for i in range(len(cases))], [g for _, g, _ in cases], n=1)]
+    script = {f"case {i}": [(completion, 1)] for i, (completion, _, _) in enumerate(cases)}
+    out = ev.run_evaluation(ScriptedGenerator(script), tasks, PARAMS, progress=False)
+    assert out["benchmarks"]["math500"]["accuracy"] == pytest.approx(100 * sum(e for *_, e in cases) / len(cases))
+    completions = [c for c, _, _ in cases]
+    golds = [g for _, g, _ in cases]
+    training_accuracy = accuracy_reward(completions=completions, answer=golds)
+    training_boxed = boxed_reward(completions=completions, answer=golds)
+    for (completion, gold, expected), accuracy, reward in zip(cases, training_accuracy, training_boxed, strict=True):
+        correct, _ = ev.grade_sample(completion, gold)
+        assert correct == expected, (completion, gold)
+        assert (accuracy > 0) == correct == (reward > 0), (completion, gold)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Resume
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def resume_tasks(n=2, first_prompt="q0"):
+    prompts = [first_prompt] + [f"q{i}" for i in range(1, 5)]
+    return [
+        ev.BenchmarkTask("aime24", prompts, [str(i) for i in range(5)], n=n),
+        ev.BenchmarkTask("amc23", ["r0", "r1", "r2"], ["0", "1", "2"], n=n),
+    ]
+
+
+RESUME_SCRIPT = {
+    **{f"q{i}": [boxed(i, 3), boxed(i + 1, 4)] for i in range(5)},
+    **{f"r{i}": [boxed(i, 5)] for i in range(3)},
+    "changed": [boxed(0, 1)],
+}
+RESUME_SETTINGS = {"model": "m", "model_revision": "local", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 64}
+
+
+def test_resume_after_preemption_skips_completed_samples(tmp_path):
+    reference = ev.run_evaluation(ScriptedGenerator(RESUME_SCRIPT), resume_tasks(), PARAMS, batch_size=2,
+                                  output_dir=tmp_path / "reference", settings=RESUME_SETTINGS, progress=False)
+
+    out = tmp_path / "run"
+    # aime24 has 5 problems -> batches of 2, 2, 1; amc23 3 problems -> 2, 1. Preempted during the third call.
+    crashing = ScriptedGenerator(RESUME_SCRIPT, fail_after=2)
+    with pytest.raises(Preempted):
+        ev.run_evaluation(crashing, resume_tasks(), PARAMS, batch_size=2, output_dir=out, settings=RESUME_SETTINGS,
+                          progress=False)
+    samples = out / ev.EVAL_SAMPLES_FILE
+    assert len(samples.read_text().splitlines()) == 2 * 2 * 2  # two finished batches, flushed
+    # A crash in the middle of a write leaves a partial line: it is dropped on resume.
+    with open(samples, "a") as handle:
+        handle.write('{"benchmark": "aime24", "problem": 4, "sam')
+
+    resumed = ScriptedGenerator(RESUME_SCRIPT)
+    results = ev.run_evaluation(resumed, resume_tasks(), PARAMS, batch_size=2, output_dir=out,
+                                settings=RESUME_SETTINGS, progress=False)
+    assert [prompts for prompts, _, _ in resumed.calls] == [["q4"], ["r0", "r1"], ["r2"]]
+    assert resumed.prompts_sent == 4
+    assert results["benchmarks"] == reference["benchmarks"]
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    keys = [(r["benchmark"], r["problem"], r["sample"]) for r in records]
+    assert len(keys) == len(set(keys)) == (5 + 3) * 2
+
+    # Everything done: a third run generates nothing and gives the same scores.
+    idle = ScriptedGenerator(RESUME_SCRIPT)
+    again = ev.run_evaluation(idle, resume_tasks(), PARAMS, batch_size=2, output_dir=out, settings=RESUME_SETTINGS,
+                              progress=False)
+    assert idle.calls == [] and again["benchmarks"] == reference["benchmarks"]
+
+    # More samples per problem: only the missing sample indices are generated.
+    more = ScriptedGenerator(RESUME_SCRIPT)
+    ev.run_evaluation(more, resume_tasks(n=3), PARAMS, batch_size=8, output_dir=out, settings=RESUME_SETTINGS,
+                      progress=False)
+    assert [(len(prompts), n) for prompts, n, _ in more.calls] == [(5, 1), (3, 1)]
+
+
+def test_resume_refuses_other_settings_or_prompts(tmp_path):
+    ev.run_evaluation(ScriptedGenerator(RESUME_SCRIPT), resume_tasks(), PARAMS, output_dir=tmp_path,
+                      settings=RESUME_SETTINGS, progress=False)
+    generator = ScriptedGenerator(RESUME_SCRIPT)
+    with pytest.raises(ev.ResumeError, match=r"temperature: stored 1.0, now 0.7"):
+        ev.run_evaluation(generator, resume_tasks(), PARAMS, output_dir=tmp_path,
+                          settings={**RESUME_SETTINGS, "temperature": 0.7}, progress=False)
+    with pytest.raises(ev.ResumeError, match="prompt of aime24 problem 0"):
+        ev.run_evaluation(generator, resume_tasks(first_prompt="changed"), PARAMS, output_dir=tmp_path,
+                          settings=RESUME_SETTINGS, progress=False)
+    assert generator.calls == []
+    (tmp_path / ev.EVAL_SETTINGS_FILE).unlink()
+    with pytest.raises(ev.ResumeError, match="settings of those samples are unknown"):
+        ev.run_evaluation(generator, resume_tasks(), PARAMS, output_dir=tmp_path, settings=RESUME_SETTINGS,
+                          progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables: --compare and the model card
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_compare_prints_the_expected_table(tmp_path, capsys):
+    run_a, run_b = EVAL_FIXTURES / "run_grpo.json", EVAL_FIXTURES / "run_stapo.json"
+    output = tmp_path / "compare.md"
+    assert main(["--compare", str(run_a), str(run_b), "--compare_output", str(output)]) == 0
+    expected = (EVAL_FIXTURES / "compare_expected.md").read_text()
+    assert capsys.readouterr().out == expected
+    assert output.read_text() == expected
+    # Directories holding eval_results.json work too, and labels replace the run names.
+    run_dir = tmp_path / "stapo"
+    run_dir.mkdir()
+    shutil.copy(run_b, run_dir / ev.EVAL_RESULTS_FILE)
+    assert main(["--compare", str(run_a), str(run_dir), "--labels", "A", "B"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("| A ") and lines[3].startswith("| B ")
+
+
+def test_compare_of_a_missing_file_fails_clearly(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--compare", str(tmp_path / "nope.json")])
+    assert exit_info.value.code == 2
+    assert "no evaluation results at" in capsys.readouterr().err
+
+
+def test_results_markdown_for_the_model_card(tmp_path):
+    assert ev.results_markdown(tmp_path) is None
+    shutil.copy(EVAL_FIXTURES / "run_stapo.json", tmp_path / ev.EVAL_RESULTS_FILE)
+    assert ev.results_markdown(tmp_path) == (EVAL_FIXTURES / "run_stapo_expected.md").read_text()
+    # Runs of `stapo-eval --model <output_dir>` land in <output_dir>/eval/<decoding>/: all are collected.
+    for name in ("justrl", "training"):
+        (tmp_path / "eval" / name).mkdir(parents=True)
+        shutil.copy(EVAL_FIXTURES / "run_grpo.json", tmp_path / "eval" / name / ev.EVAL_RESULTS_FILE)
+    markdown = ev.results_markdown(tmp_path)
+    assert markdown.startswith("| Run ")
+    assert markdown.count("\n| Average ") == 3  # the table of each of the three runs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI: fail fast
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Make every loading step fail loudly: a flag error must be raised before any of them."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("loading started before the arguments were validated")
+
+    for name in ("evaluate_model", "load_tasks", "build_generator", "resolve_model_revision"):
+        monkeypatch.setattr(ev, name, forbidden)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--benchmarks", "aime26"], ["--benchmarks", "'aime26'", "aime24, aime25, amc23, math500, minerva"]),
+        (["--decoding", "greedy"], ["--decoding", "'greedy'", "training", "justrl"]),
+        (["--n", "0"], ["--n", "positive integer"]),
+        (["--n", "aime24=-3"], ["--n", "positive integer"]),
+        (["--n", "aime26=3"], ["--n", "'aime26'", "aime24"]),
+        (["--n", "many"], ["--n", "integer"]),
+        (["--pass_k", "64"], ["--pass_k", "largest n = 32"]),
+        (["--pass_k", "0"], ["--pass_k", "positive integer"]),
+        (["--temperature", "-1"], ["--temperature", ">= 0"]),
+        (["--top_p", "0"], ["--top_p", "(0, 1]"]),
+        (["--max_new_tokens", "0"], ["--max_new_tokens", "positive"]),
+        (["--batch_size", "0"], ["--batch_size", "positive"]),
+        (["--max_problems", "0"], ["--max_problems", "positive"]),
+        (["--benchmark_path", "aime26=x.jsonl"], ["'aime26'", "aime24"]),
+        (["--benchmark_split", "aime24"], ["--benchmark_split", "NAME=VALUE"]),
+        (["--backend", "tgi"], ["--backend", "'tgi'", "auto, vllm, transformers"]),
+        (["--dtype", "int4"], ["--dtype", "bfloat16"]),
+        (["--chat_template_kwargs", "{oops"], ["--chat_template_kwargs", "JSON"]),
+        (["--data_parallel_size", "2", "--backend", "transformers"], ["--data_parallel_size", "vllm"]),
+    ],
+)
+def test_cli_rejects_bad_flags_before_loading_anything(argv, expected, no_loading, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "org/some-model", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    for fragment in expected:
+        assert fragment in err, (fragment, err)
+
+
+def test_cli_requires_a_model(no_loading, capsys):
+    with pytest.raises(SystemExit):
+        main(["--benchmarks", "aime24"])
+    assert "--model is required" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(ev.vllm_available(), reason="vLLM is installed")
+def test_cli_vllm_backend_without_vllm_fails_fast(no_loading, capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", "org/m", "--backend", "vllm"])
+    assert "vLLM is not installed" in capsys.readouterr().err
+
+
+def test_config_validation_as_a_library():
+    with pytest.raises(ValueError, match="--decoding"):
+        ev.EvalConfig(model="m", decoding="hot")
+    config = ev.EvalConfig(model="m", decoding="justrl", n={"aime24": 2}, benchmarks=["all"])
+    assert config.benchmarks == tuple(ALL_BENCHMARKS)
+    assert config.sampling_params() == ev.SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=20480, seed=0)
+    assert [config.samples_per_problem(b) for b in ALL_BENCHMARKS] == [2, 32, 32, 4, 4, 4]
+    assert config.decoding_tag() == "justrl"
+    assert ev.EvalConfig(model="m", temperature=0.6).decoding_tag() == "T0.6-top_p1-max20480"
+    assert ev.EvalConfig(model="org/m").resolved_output_dir() == os.path.join("eval_runs", "org--m", "training")
+
+
+def test_resume_mismatch_is_reported_before_the_model_is_loaded(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ev.EVAL_SETTINGS_FILE).write_text(json.dumps({**RESUME_SETTINGS, "model": "org/m", "temperature": 0.7}))
+    monkeypatch.setattr(ev, "resolve_model_revision", lambda model, revision=None: "local")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("loaded before the resume check")
+
+    monkeypatch.setattr(ev, "load_tasks", forbidden)
+    monkeypatch.setattr(ev, "build_generator", forbidden)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "org/m", "--output_dir", str(out), "--backend", "transformers"])
+    assert exit_info.value.code == 2
+    assert "temperature: stored 0.7, now 1.0" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model revision
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_model_revision_is_local_or_the_hub_commit(tmp_path):
+    assert ev.resolve_model_revision(str(tmp_path)) == "local"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--org--tiny"
+    (repo / "snapshots" / sha).mkdir(parents=True)
+    (repo / "snapshots" / sha / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    assert ev.resolve_model_revision("org/tiny", cache_dir=str(tmp_path / "cache")) == sha
+    assert ev.resolve_model_revision("org/absent", revision="v1", cache_dir=str(tmp_path / "cache")) == "v1"
+    assert ev.resolve_model_revision("org/absent", revision=sha) == sha
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backends
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def small_model(tokenizer, max_positions=4096):
+    return build_tiny_qwen3(
+        tokenizer,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        max_position_embeddings=max_positions,
+    )
+
+
+@pytest.fixture(scope="module")
+def char_tokenizer():
+    return build_char_tokenizer(["What is 0123456789+? \\boxed{}abcdefghijklmnopqrstuvwxyz.,\n"])
+
+
+def test_format_prompt_plain_text_and_chat_template(char_tokenizer):
+    messages = [{"role": "user", "content": "What is 1+1?"}]
+    assert ev.format_prompt(messages) == "What is 1+1?"
+    assert ev.format_prompt(messages, char_tokenizer) == "What is 1+1?"  # no chat template: the user content
+    assert ev.format_prompt("raw text", char_tokenizer) == "raw text"
+    templated = build_char_tokenizer(["What is 0123456789+? \\boxed{}<>usera"])
+    templated.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<a>{% endif %}"
+    )
+    assert ev.format_prompt(messages, templated) == "<user>What is 1+1?<a>"
+
+
+def test_transformers_generator_samples_with_exactly_the_given_settings(char_tokenizer):
+    model = small_model(char_tokenizer)
+    model.train()
+    # Filters in the model's generation config (e.g. Qwen3's top_k=20) must not leak into the protocol's sampling.
+    model.generation_config.top_k = 1
+    generator = ev.TransformersGenerator(model, char_tokenizer, max_batch_sequences=5)
+    prompts = ["What is 1+1?", "What is 22+3?"]
+    rng_before = torch.get_rng_state()
+    params = ev.SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=6, seed=3)
+    outputs = generator.generate(prompts, 4, params)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is untouched
+    assert model.training  # train mode restored
+    assert [len(o) for o in outputs] == [4, 4]
+    for completion in itertools.chain.from_iterable(outputs):
+        assert 1 <= completion.num_tokens <= 6
+        assert completion.truncated == (completion.num_tokens == 6 and "<eos>" not in completion.text)
+    assert len({c.text for o in outputs for c in o}) > 1  # sampled, not top-1
+    assert generator.generate(prompts, 4, params) == outputs  # seeded: reproducible
+    greedy = generator.generate(prompts, 3, ev.SamplingParams(temperature=0.0, max_new_tokens=6))
+    assert all(len({c.text for c in o}) == 1 for o in greedy)
+
+
+class FakeVLLM:
+    """A stand-in `vllm` module recording what the backend asks for."""
+
+    def __init__(self, tokenizer):
+        module = types.ModuleType("vllm")
+        record = self.record = {}
+
+        class SamplingParams:
+            def __init__(self, **kwargs):
+                self.kwargs = kwargs
+
+        class LLM:
+            def __init__(self, **kwargs):
+                record["llm"] = kwargs
+
+            def get_tokenizer(self):
+                return tokenizer
+
+            def generate(self, inputs, sampling, use_tqdm=True):
+                record["inputs"], record["sampling"] = inputs, sampling
+                outputs = []
+                for i, params in enumerate(sampling):
+                    samples = [
+                        types.SimpleNamespace(text=f"\\boxed{{{i}}}", token_ids=[1] * (j + 2),
+                                              finish_reason="length" if j == 0 else "stop")
+                        for j in range(params.kwargs["n"])
+                    ]
+                    outputs.append(types.SimpleNamespace(outputs=samples))
+                return outputs
+
+        module.LLM, module.SamplingParams = LLM, SamplingParams
+        self.module = module
+
+
+def test_vllm_generator_around_a_stand_in_vllm(char_tokenizer, monkeypatch):
+    fake = FakeVLLM(char_tokenizer)
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    generator = ev.VLLMGenerator("org/m", revision="abc", tensor_parallel_size=2, max_model_len=4096, seed=1)
+    assert fake.record["llm"]["tensor_parallel_size"] == 2
+    assert fake.record["llm"]["revision"] == "abc" and fake.record["llm"]["max_model_len"] == 4096
+    outputs = generator.generate(["What is 1+1?", "What is 2+2?"], 3, ev.SamplingParams(0.7, 0.9, 128, seed=10))
+    assert fake.record["inputs"][0] == {"prompt_token_ids": char_tokenizer("What is 1+1?")["input_ids"]}
+    assert [s.kwargs for s in fake.record["sampling"]] == [
+        {"n": 3, "temperature": 0.7, "top_p": 0.9, "max_tokens": 128, "seed": 10},
+        {"n": 3, "temperature": 0.7, "top_p": 0.9, "max_tokens": 128, "seed": 11},
+    ]
+    assert outputs[1] == [
+        ev.Completion("\\boxed{1}", 2, True), ev.Completion("\\boxed{1}", 3, False), ev.Completion("\\boxed{1}", 4, False)
+    ]
+
+
+def test_data_parallel_generator_splits_and_reassembles(monkeypatch):
+    # The workers are spawned processes: they import the generator's module by name (sys.path is passed on).
+    monkeypatch.syspath_prepend(str(EVAL_FIXTURES))
+    from echo_generator import EchoGenerator
+
+    factory = functools.partial(EchoGenerator, "dp")
+    with ev.DataParallelGenerator(factory, 2, devices_per_worker=2, devices=["0", "1", "2", "3"]) as generator:
+        prompts = [f"p{i}" for i in range(5)]
+        outputs = generator.generate(prompts, 2, ev.SamplingParams(seed=100))
+        # Shards [p0, p1, p2] -> GPUs 0,1 and [p3, p4] -> GPUs 2,3; per-prompt seeds as if in one process.
+        assert [o[0].text for o in outputs] == [
+            "dp|p0|100|0,1", "dp|p1|101|0,1", "dp|p2|102|0,1", "dp|p3|103|2,3", "dp|p4|104|2,3",
+        ]
+        assert [c.num_tokens for c in outputs[4]] == [0, 1]
+        with pytest.raises(RuntimeError, match="boom"):
+            generator.generate(["a", "b", "boom"], 1, ev.SamplingParams(seed=0))
+        assert len(generator.generate(["x"], 1, ev.SamplingParams(seed=0))) == 1  # still usable after an error
+    with pytest.raises(ValueError, match="needs 4 GPUs, 2 visible"):
+        ev.DataParallelGenerator(factory, 2, devices_per_worker=2, devices=["0", "1"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End to end: the CLI on a tiny model and the fixture benchmarks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    corpus = [path.read_text() for path in sorted(DATASETS.glob("*.jsonl"))] + ["\\boxed{}0123456789"]
+    tokenizer = build_char_tokenizer(corpus)
+    directory = tmp_path_factory.mktemp("tiny-model")
+    small_model(tokenizer).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def fixture_paths():
+    return [f"{name}={DATASETS / (name + '.jsonl')}" for name in ALL_BENCHMARKS]
+
+
+def test_cli_end_to_end_with_the_transformers_backend(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from stapo_trl.data import PROMPT_SUFFIX
+
+    out = tmp_path / "out"
+    argv = [
+        "--model", str(tiny_model_dir), "--backend", "transformers", "--output_dir", str(out),
+        "--benchmark_path", *fixture_paths(), "--n", "2", "aime24=3", "--max_new_tokens", "8",
+        "--max_problems", "2", "--no_progress", "--run_name", "tiny",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / ev.EVAL_RESULTS_FILE).read_text())
+    assert printed == (out / ev.EVAL_MARKDOWN_FILE).read_text() == ev.format_results_markdown(results)
+    assert results["run_name"] == "tiny"
+    assert results["model"] == str(tiny_model_dir) and results["model_revision"] == "local"
+    assert results["settings"]["decoding"] == "training"
+    assert (results["settings"]["temperature"], results["settings"]["top_p"]) == (1.0, 1.0)
+    assert results["settings"]["max_new_tokens"] == 8 and results["settings"]["backend"] == "transformers"
+    assert list(results["benchmarks"]) == ALL_BENCHMARKS
+    for name, scores in results["benchmarks"].items():
+        n = 3 if name == "aime24" else 2
+        assert scores["n"] == n and scores["num_problems"] == 2 and f"avg@{n}" in scores
+        assert set(scores) >= {"pass@1", f"pass@{n}", "mean_num_tokens", "dataset", "total_problems"}
+        assert 0 < scores["mean_num_tokens"] <= 8
+    samples = [json.loads(line) for line in (out / ev.EVAL_SAMPLES_FILE).read_text().splitlines()]
+    assert len(samples) == 2 * 3 + 5 * 2 * 2
+    assert PROMPT_SUFFIX in samples[0]["prompt"]  # the training prompt, rendered as plain text (no chat template)
+
+    # Re-running the finished run loads nothing heavy and generates nothing.
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model should not be needed: every sample is done")
+
+    calls = []
+    original = ev.run_evaluation
+
+    def counting_run(generator, *args, **kwargs):
+        class Counting:
+            format_prompt = getattr(generator, "format_prompt", None)
+
+            def generate(self, prompts, n, params):
+                calls.append(len(prompts))
+                return generator.generate(prompts, n, params)
+
+        return original(Counting(), *args, **kwargs)
+
+    monkeypatch.setattr(ev, "run_evaluation", counting_run)
+    assert main(argv) == 0
+    assert calls == []
+    assert json.loads((out / ev.EVAL_RESULTS_FILE).read_text())["benchmarks"] == results["benchmarks"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# During training
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_training_callback_logs_benchmark_accuracy(tmp_path):
+    from trl import GRPOConfig, GRPOTrainer
+
+    from conftest import build_trainer
+
+    from stapo_trl.eval_callback import BenchmarkEvalCallback
+
+    trainer = build_trainer(GRPOTrainer, GRPOConfig, tmp_path, max_steps=2)
+    callback = BenchmarkEvalCallback(
+        trainer,
+        benchmarks=["aime24", "math500"],
+        dataset_overrides={name: {"path": str(DATASETS / f"{name}.jsonl")} for name in ("aime24", "math500")},
+        eval_steps=2,
+        n=2,
+        max_new_tokens=4,
+        max_problems=3,
+        eval_on_start=True,
+    )
+    trainer.add_callback(callback)
+    trainer.train()
+    assert trainer.model.training
+    history = trainer.state.log_history
+    eval_logs = [entry for entry in history if "eval/aime24/avg@2" in entry]
+    assert [entry["step"] for entry in eval_logs] == [0, 2]
+    for entry in eval_logs:
+        assert 0.0 <= entry["eval/aime24/avg@2"] <= 100.0 and 0.0 <= entry["eval/math500/avg@2"] <= 100.0
+        assert 0 < entry["eval/math500/mean_num_tokens"] <= 4
+        assert "reward" not in entry  # GRPO's training metrics are not flushed into the evaluation's log
+    train_logs = [entry for entry in history if "reward" in entry]
+    assert [entry["step"] for entry in train_logs] == [1, 2]  # logging_steps=1: one training log per step
+
+
+def test_training_callback_validates_its_arguments(tmp_path):
+    from stapo_trl.eval_callback import BenchmarkEvalCallback
+
+    trainer = types.SimpleNamespace(args=types.SimpleNamespace())
+    with pytest.raises(ValueError, match="eval_steps"):
+        BenchmarkEvalCallback(trainer, eval_steps=0, tasks=[])
+    with pytest.raises(ValueError, match="unknown"):
+        BenchmarkEvalCallback(trainer, benchmarks=["gsm8k"])
