@@ -24,12 +24,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
-from .evaluation import BenchmarkTask, SamplingParams, TransformersGenerator, default_pass_k, run_evaluation
+from .evaluation import (
+    BenchmarkTask,
+    Generator,
+    SamplingParams,
+    TransformersGenerator,
+    default_pass_k,
+    run_evaluation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +57,8 @@ class BenchmarkEvalCallback(TrainerCallback):
         tasks: ready-made `BenchmarkTask`s instead of `benchmarks` (their `n` is used as is).
         seed: base seed (varied with step and rank); the training RNG state is not touched.
         chat_template_kwargs: defaults to the trainer's `args.chat_template_kwargs` when it has one.
+        generator_factory: `(unwrapped_model, tokenizer) -> Generator`, the backend; default a
+            `TransformersGenerator` with `max_batch_sequences` and `chat_template_kwargs`.
     """
 
     def __init__(
@@ -70,6 +79,7 @@ class BenchmarkEvalCallback(TrainerCallback):
         eval_on_start: bool = False,
         seed: int = 0,
         chat_template_kwargs: Mapping[str, Any] | None = None,
+        generator_factory: Callable[[Any, Any], Generator] | None = None,
     ):
         if eval_steps <= 0:
             raise ValueError(f"eval_steps must be a positive integer, got {eval_steps}")
@@ -93,6 +103,7 @@ class BenchmarkEvalCallback(TrainerCallback):
         if chat_template_kwargs is None:
             chat_template_kwargs = getattr(trainer.args, "chat_template_kwargs", None)
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.generator_factory = generator_factory or self._transformers_generator
         if tasks is not None:
             self.tasks = list(tasks)
         else:
@@ -135,6 +146,11 @@ class BenchmarkEvalCallback(TrainerCallback):
 
     # -- the evaluation ------------------------------------------------------------------------------------------
 
+    def _transformers_generator(self, model, tokenizer) -> TransformersGenerator:
+        return TransformersGenerator(
+            model, tokenizer, max_batch_sequences=self.max_batch_sequences, chat_template_kwargs=self.chat_template_kwargs
+        )
+
     def evaluate(self, step: int = 0) -> dict[str, float]:
         """Run the evaluation on this process's shard, reduce over processes, return the metrics (all ranks)."""
         import torch
@@ -153,12 +169,7 @@ class BenchmarkEvalCallback(TrainerCallback):
         )
         model = trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model
         with unwrap_model_for_generation(model, accelerator, gather_deepspeed3_params=True) as unwrapped:
-            generator = TransformersGenerator(
-                unwrapped,
-                trainer.processing_class,
-                max_batch_sequences=self.max_batch_sequences,
-                chat_template_kwargs=self.chat_template_kwargs,
-            )
+            generator = self.generator_factory(unwrapped, trainer.processing_class)
             for index, task in enumerate(self.tasks):
                 shard = list(range(rank, len(task.prompts), world))
                 if not shard:

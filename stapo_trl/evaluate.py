@@ -213,20 +213,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         config = config_from_args(args)
-        # Everything that can be checked without a model is checked here, before any loading.
-        if config.resolved_backend() == "vllm" and not ev.vllm_available():
-            raise ValueError(
-                "--backend vllm: vLLM is not installed (pip install 'stapo-trl[vllm]'); accepted without it: "
-                "auto, transformers"
-            )
-        if config.resolved_backend() == "transformers" and config.data_parallel_size > 1:
-            raise ValueError("--data_parallel_size > 1 needs --backend vllm")
-    except ValueError as error:
+        # Everything that can be checked without the model weights is checked here: flags, backend, revision,
+        # the output directory's settings, the benchmark data, the tokenizer and the stored prompts.
+        prepared = ev.prepare_evaluation(config)
+    except (ValueError, OSError) as error:
         parser.error(str(error))
-    try:
-        results = ev.evaluate_model(config)
     except ev.ResumeError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+    results = ev.evaluate_model(prepared)
     print(ev.format_results_markdown(results), end="")
     print(f"\nWrote {Path(config.resolved_output_dir()) / ev.EVAL_RESULTS_FILE}", file=sys.stderr)
     return 0

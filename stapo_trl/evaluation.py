@@ -216,6 +216,8 @@ class TransformersGenerator:
     def __init__(self, model, tokenizer, *, max_batch_sequences: int = 64, chat_template_kwargs=None):
         if max_batch_sequences <= 0:
             raise ValueError(f"max_batch_sequences must be positive, got {max_batch_sequences}")
+        if tokenizer.pad_token is None:  # as TRL does: padding with EOS is harmless with an attention mask
+            tokenizer.pad_token = tokenizer.eos_token
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_sequences = max_batch_sequences
@@ -441,7 +443,10 @@ def _dp_worker(factory, connection, environment: Mapping[str, str]) -> None:
         return
     connection.send(("ready", None))
     while True:
-        request = connection.recv()
+        try:
+            request = connection.recv()
+        except EOFError:  # the parent is gone
+            break
         if request is None:
             break
         try:
@@ -493,7 +498,9 @@ class DataParallelGenerator:
                 shard = devices[rank * devices_per_worker : (rank + 1) * devices_per_worker]
                 environment["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in shard)
             parent_end, child_end = context.Pipe()
-            process = context.Process(target=_dp_worker, args=(factory, child_end, environment), daemon=True)
+            # Not a daemon: vLLM starts processes of its own, which daemonic processes may not do. A worker exits when
+            # told to (`close`) or when the parent's end of its pipe closes.
+            process = context.Process(target=_dp_worker, args=(factory, child_end, environment), daemon=False)
             process.start()
             child_end.close()
             self._connections.append(parent_end)
@@ -615,6 +622,14 @@ def grade_sample(completion: str, gold: str) -> tuple[bool, str | None]:
     return bool(grade(completion, gold)), extract_boxed_answer(completion)
 
 
+def grade_samples(completions: Sequence[str], golds: Sequence[str]) -> list[tuple[bool, str | None]]:
+    """`grade_sample` for a batch: `stapo_trl.rewards.grade_batch` runs `grade` over its worker processes."""
+    from .rewards import extract_boxed_answer, grade_batch
+
+    correct = grade_batch(list(completions), list(golds))
+    return [(bool(ok), extract_boxed_answer(text)) for ok, text in zip(correct, completions, strict=True)]
+
+
 def _batch_seed(seed: int | None, benchmark: str, problem: int) -> int | None:
     """A seed per (benchmark, first problem of the batch): a resumed run draws the same as an uninterrupted one."""
     if seed is None:
@@ -636,8 +651,11 @@ class SampleStore:
         self._check_settings()
         self._load()
 
+    def _has_samples(self) -> bool:
+        return self.samples_path.exists() and self.samples_path.stat().st_size > 0
+
     def _check_settings(self) -> None:
-        if self.settings_path.exists():
+        if self.settings_path.exists() and self._has_samples():
             stored = json.loads(self.settings_path.read_text())
             keys = sorted(set(stored) | set(self.settings))
             diff = [k for k in keys if stored.get(k) != self.settings.get(k)]
@@ -647,12 +665,12 @@ class SampleStore:
                     f"{self.output_dir} holds samples produced with other settings; refusing to mix them:\n{lines}\n"
                     "Use another --output_dir (or delete this one) to evaluate with the new settings."
                 )
-        elif self.samples_path.exists() and self.samples_path.stat().st_size > 0:
+        elif self._has_samples():
             raise ResumeError(
                 f"{self.samples_path} exists but {self.settings_path.name} does not: the settings of those samples "
                 "are unknown. Use another --output_dir."
             )
-        else:
+        else:  # a fresh directory (or one whose run stopped before its first sample): these settings now
             _write_json_atomic(self.settings_path, self.settings)
 
     def _load(self) -> None:
@@ -774,24 +792,27 @@ def run_evaluation(
                             f"generator returned {[len(o) for o in outputs]} completions for {len(batch)} prompts "
                             f"x {count}"
                         )
-                    new_records = []
-                    for problem, completions in zip(batch, outputs, strict=True):
-                        for sample, completion in zip(missing[problem], completions, strict=True):
-                            correct, extracted = grade_sample(completion.text, golds[problem])
-                            new_records.append(
-                                {
-                                    "benchmark": task.name,
-                                    "problem": problem,
-                                    "sample": sample,
-                                    "prompt": texts[problem],
-                                    "completion": completion.text,
-                                    "extracted_answer": extracted,
-                                    "gold": golds[problem],
-                                    "correct": correct,
-                                    "num_tokens": int(completion.num_tokens),
-                                    "truncated": bool(completion.truncated),
-                                }
-                            )
+                    flat = [
+                        (problem, sample, completion)
+                        for problem, completions in zip(batch, outputs, strict=True)
+                        for sample, completion in zip(missing[problem], completions, strict=True)
+                    ]
+                    grades = grade_samples([c.text for _, _, c in flat], [golds[p] for p, _, _ in flat])
+                    new_records = [
+                        {
+                            "benchmark": task.name,
+                            "problem": problem,
+                            "sample": sample,
+                            "prompt": texts[problem],
+                            "completion": completion.text,
+                            "extracted_answer": extracted,
+                            "gold": golds[problem],
+                            "correct": correct,
+                            "num_tokens": int(completion.num_tokens),
+                            "truncated": bool(completion.truncated),
+                        }
+                        for (problem, sample, completion), (correct, extracted) in zip(flat, grades, strict=True)
+                    ]
                     if store is not None:
                         store.append(new_records)
                     for record in new_records:
@@ -873,6 +894,8 @@ def _jsonable(value):
         return _jsonable(dataclasses.asdict(value))
     if isinstance(value, Path):
         return str(value)
+    if callable(value):
+        return getattr(value, "__qualname__", repr(value))
     return value
 
 
@@ -1150,6 +1173,12 @@ class EvalConfig:
             seed=self.seed,
         )
 
+    def decoding_label(self) -> str:
+        """The preset's name when temperature and top-p are the preset's, else `custom`."""
+        if (self.resolved_temperature, self.resolved_top_p) == DECODING_PRESETS[self.decoding]:
+            return self.decoding
+        return "custom"
+
     def decoding_tag(self) -> str:
         """`training`/`justrl` for a plain preset, else a tag with the actual values (default output sub-folder)."""
         preset = DECODING_PRESETS[self.decoding]
@@ -1221,7 +1250,10 @@ def load_tasks(config: EvalConfig) -> list[BenchmarkTask]:
                 prompts=list(dataset["prompt"]),
                 answers=[str(a) for a in dataset["answer"]],
                 n=config.samples_per_problem(name),
-                metadata={"dataset": _jsonable(spec), "total_problems": total},
+                metadata={
+                    "dataset": {k: v for k, v in _jsonable(spec).items() if k != "notes"},
+                    "total_problems": total,
+                },
             )
         )
     return tasks
@@ -1242,9 +1274,8 @@ def settings_fingerprint(config: EvalConfig, model_revision: str) -> dict[str, A
 
 def check_resume_compatible(output_dir: str | os.PathLike, settings: Mapping[str, Any]) -> None:
     """Raise `ResumeError` now (before any model is loaded) if `output_dir` holds samples of other settings."""
-    path = Path(output_dir) / EVAL_SETTINGS_FILE
     samples = Path(output_dir) / EVAL_SAMPLES_FILE
-    if path.exists() or (samples.exists() and samples.stat().st_size > 0):
+    if samples.exists() and samples.stat().st_size > 0:
         SampleStore(output_dir, settings)  # the constructor checks
 
 
@@ -1283,15 +1314,32 @@ def build_generator(config: EvalConfig, model_revision: str, tokenizer=None) -> 
     )
 
 
-def evaluate_model(config: EvalConfig, generator: Generator | None = None) -> dict[str, Any]:
-    """The `stapo-eval` run: resolve the revision, check the output directory, load the benchmarks and the
-    tokenizer (prompts are rendered and checked against stored samples before the model is loaded), load the
-    backend, evaluate, write the files. `generator` replaces the backend (tests, custom backends)."""
+@dataclass
+class PreparedEvaluation:
+    """What `prepare_evaluation` found out, before any model is loaded."""
+
+    config: EvalConfig
+    backend: str
+    model_revision: str
+    output_dir: str
+    settings: dict[str, Any]
+    tasks: list[BenchmarkTask]
+    tokenizer: Any
+    format_prompt_fn: Callable[[Any], str]
+
+
+def prepare_evaluation(config: EvalConfig, tokenizer=None) -> PreparedEvaluation:
+    """Everything that can fail before a model is loaded, in order: backend availability, the model revision, the
+    output directory's settings, the benchmarks (loaded), the tokenizer (unless given) and the rendered prompts
+    checked against the stored samples. Raises `ValueError` (bad flags or data), `ResumeError` or `OSError`."""
     if config.model is None:
         raise ValueError("--model is required")
     backend = config.resolved_backend()
     if backend == "vllm" and not vllm_available():
-        raise ValueError("--backend vllm: vLLM is not installed (pip install 'stapo-trl[vllm]'); use --backend transformers")
+        raise ValueError(
+            "--backend vllm: vLLM is not installed (pip install 'stapo-trl[vllm]'); accepted without it: auto, "
+            "transformers"
+        )
     if backend == "transformers" and config.data_parallel_size > 1:
         raise ValueError("--data_parallel_size > 1 needs --backend vllm")
     revision = resolve_model_revision(config.model, config.revision)
@@ -1299,9 +1347,7 @@ def evaluate_model(config: EvalConfig, generator: Generator | None = None) -> di
     settings = settings_fingerprint(config, revision)
     check_resume_compatible(output_dir, settings)
     tasks = load_tasks(config)
-
-    tokenizer = None
-    if generator is None:
+    if tokenizer is None:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(
@@ -1309,29 +1355,40 @@ def evaluate_model(config: EvalConfig, generator: Generator | None = None) -> di
             revision=None if revision in ("local", "unknown") else revision,
             trust_remote_code=config.trust_remote_code,
         )
-        format_fn = lambda prompt: format_prompt(prompt, tokenizer, config.chat_template_kwargs)  # noqa: E731
-    else:
-        format_fn = getattr(generator, "format_prompt", None) or format_prompt
-    # Render and check the prompts against the stored samples before loading the model.
+    chat_template_kwargs = config.chat_template_kwargs
+
+    def format_fn(prompt):
+        return format_prompt(prompt, tokenizer, chat_template_kwargs)
+
     store = SampleStore(output_dir, settings)
     for task in tasks:
         for problem, (prompt, gold) in enumerate(zip(task.prompts, task.answers, strict=True)):
             store.check_problem(task.name, problem, format_fn(prompt), str(gold))
+    return PreparedEvaluation(config, backend, revision, output_dir, settings, tasks, tokenizer, format_fn)
 
+
+def evaluate_model(
+    config: EvalConfig | PreparedEvaluation, generator: Generator | None = None
+) -> dict[str, Any]:
+    """The `stapo-eval` run: `prepare_evaluation` (unless given its result), then load the backend, evaluate and
+    write the files (see the module docstring). `generator` replaces the backend (tests, custom backends); its
+    prompts are rendered with the model's tokenizer as in training."""
+    prepared = config if isinstance(config, PreparedEvaluation) else prepare_evaluation(config)
+    config = prepared.config
     owns_generator = generator is None
     if generator is None:
-        generator = build_generator(config, revision, tokenizer=tokenizer)
+        generator = build_generator(config, prepared.model_revision, tokenizer=prepared.tokenizer)
     metadata = {
         "run_name": config.run_name or _default_run_name(config),
-        "model": settings["model"],
-        "model_revision": revision,
+        "model": prepared.settings["model"],
+        "model_revision": prepared.model_revision,
         "settings": {
-            "decoding": config.decoding,
+            "decoding": config.decoding_label(),
             "benchmarks": list(config.benchmarks),
-            "n": {task.name: task.n for task in tasks},
+            "n": {task.name: task.n for task in prepared.tasks},
             "pass_k": list(config.pass_k) if config.pass_k is not None else "1 and n",
             "seed": config.seed,
-            "backend": backend if owns_generator else type(generator).__name__,
+            "backend": prepared.backend if owns_generator else type(generator).__name__,
             "tensor_parallel_size": config.tensor_parallel_size,
             "data_parallel_size": config.data_parallel_size,
             "dtype": config.dtype,
@@ -1342,14 +1399,14 @@ def evaluate_model(config: EvalConfig, generator: Generator | None = None) -> di
     try:
         return run_evaluation(
             generator,
-            tasks,
+            prepared.tasks,
             config.sampling_params(),
             pass_k=config.pass_k,
             batch_size=config.batch_size,
-            output_dir=output_dir,
-            settings=settings,
+            output_dir=prepared.output_dir,
+            settings=prepared.settings,
             metadata=metadata,
-            format_prompt_fn=format_fn,
+            format_prompt_fn=prepared.format_prompt_fn,
             progress=config.progress,
         )
     finally:

@@ -273,6 +273,14 @@ def test_resume_refuses_other_settings_or_prompts(tmp_path):
         ev.run_evaluation(generator, resume_tasks(), PARAMS, output_dir=tmp_path, settings=RESUME_SETTINGS,
                           progress=False)
 
+    # A run that stopped before its first sample leaves only its settings: another run may take the directory.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / ev.EVAL_SETTINGS_FILE).write_text(json.dumps({**RESUME_SETTINGS, "temperature": 0.7}))
+    ev.run_evaluation(ScriptedGenerator(RESUME_SCRIPT), resume_tasks(), PARAMS, output_dir=fresh,
+                      settings=RESUME_SETTINGS, progress=False)
+    assert json.loads((fresh / ev.EVAL_SETTINGS_FILE).read_text()) == RESUME_SETTINGS
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tables: --compare and the model card
@@ -393,6 +401,8 @@ def test_resume_mismatch_is_reported_before_the_model_is_loaded(tmp_path, monkey
     out = tmp_path / "out"
     out.mkdir()
     (out / ev.EVAL_SETTINGS_FILE).write_text(json.dumps({**RESUME_SETTINGS, "model": "org/m", "temperature": 0.7}))
+    sample = {"benchmark": "aime24", "problem": 0, "sample": 0, "prompt": "p", "gold": "1", "correct": False}
+    (out / ev.EVAL_SAMPLES_FILE).write_text(json.dumps(sample) + "\n")
     monkeypatch.setattr(ev, "resolve_model_revision", lambda model, revision=None: "local")
 
     def forbidden(*args, **kwargs):
@@ -668,3 +678,33 @@ def test_training_callback_validates_its_arguments(tmp_path):
         BenchmarkEvalCallback(trainer, eval_steps=0, tasks=[])
     with pytest.raises(ValueError, match="unknown"):
         BenchmarkEvalCallback(trainer, benchmarks=["gsm8k"])
+
+
+def test_training_callback_on_two_processes(tmp_path):
+    """Each rank generates its shard of the problems; the reduced metrics are the global ones, on every rank."""
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+        str(EVAL_FIXTURES / "ddp_callback_check.py"), str(tmp_path),
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    # Problem i goes to rank i % 2; evaluated at step 0 (eval_on_start) and step 1.
+    assert ranks[0]["seen"] == [0, 2, 4, 6] * 2 and ranks[1]["seen"] == [1, 3, 5] * 2
+    # By hand: correct samples per problem min(i % 3, 2) of 2 -> 0, .5, 1, 0, .5, 1, 0 -> 3 / 7;
+    # tokens (i + 1) + (i + 2) summed over i < 7 = 63 over 14 samples.
+    expected = {"eval/aime24/avg@2": 100 * 3 / 7, "eval/aime24/mean_num_tokens": 63 / 14}
+    for rank in ranks:
+        assert [log["step"] for log in rank["logs"]] == [0, 1]
+        for log in rank["logs"]:
+            assert log.keys() - {"step"} == expected.keys()
+            for key, value in expected.items():
+                assert log[key] == pytest.approx(value)
