@@ -73,8 +73,8 @@ def find_candidates(
 def linear_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     """The ``q``-quantile of a 1-D tensor with linear interpolation, as ``torch.quantile`` computes it.
 
-    ``torch.quantile`` refuses inputs of more than 2**24 elements; this uses two ``kthvalue`` selections, which
-    have no such limit and run in linear time.
+    ``torch.quantile`` refuses inputs of more than 2**24 elements; this sorts, which has no size limit and stays
+    O(N log N) on any input (``torch.kthvalue`` degrades badly on already sorted values).
 
     Args:
         values: ``(N,)`` with ``N >= 1``.
@@ -85,16 +85,20 @@ def linear_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     """
     if values.numel() == 0:
         raise ValueError("linear_quantile needs at least one value.")
+    return _quantile_of_sorted(torch.sort(values).values, q)
+
+
+def _quantile_of_sorted(ordered: torch.Tensor, q: float) -> torch.Tensor:
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"q must be in [0, 1], got {q}.")
-    position = q * (values.numel() - 1)
+    position = q * (ordered.numel() - 1)
     lower_index = int(position)
     fraction = position - lower_index
-    lower = torch.kthvalue(values, lower_index + 1).values
+    lower = ordered[lower_index]
     if fraction == 0.0:
         return lower
-    upper = torch.kthvalue(values, lower_index + 2).values
-    return torch.lerp(lower, upper, torch.tensor(fraction, dtype=values.dtype, device=values.device))
+    upper = ordered[lower_index + 1]
+    return torch.lerp(lower, upper, torch.tensor(fraction, dtype=ordered.dtype, device=ordered.device))
 
 
 def global_quantiles(local_values: torch.Tensor, quantiles: tuple[float, ...], gather: GatherFn | None = None):
@@ -114,7 +118,8 @@ def global_quantiles(local_values: torch.Tensor, quantiles: tuple[float, ...], g
         values = gather(values)
     if values.numel() == 0:
         return None
-    return torch.stack([linear_quantile(values, q) for q in quantiles])
+    ordered = torch.sort(values).values
+    return torch.stack([_quantile_of_sorted(ordered, q) for q in quantiles])
 
 
 @torch.no_grad()

@@ -1,0 +1,419 @@
+"""The CPU demo: a tiny Qwen3 model learns two-number addition with STAPO, in minutes, on two cores.
+
+Everything is built locally, nothing is downloaded:
+
+- a synthetic task, "What is a+b?" answered as `\\boxed{c}`, with held-out pairs that never appear in training;
+- a character-level tokenizer (`\\boxed{` is one token) and a ~1M-parameter Qwen3-architecture model;
+- a short supervised warm start, stopped as soon as held-out greedy accuracy reaches a target, so that RL starts
+  from a policy that is sometimes right (a group of 8 all-wrong completions carries no signal);
+- the settings of the RL run that follows (`demo_settings`), measured on a 2-core CPU machine.
+
+`train.py --config recipes/demo_cpu.yaml` calls `prepare_demo`, trains with `STAPOTrainer` and the settings of
+`demo_settings`, records the logs with `DemoMetricsCallback` and draws them with `stapo_trl.plots`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, TrainerCallback
+
+from .tiny import BOXED_TOKEN, build_char_tokenizer, build_tiny_qwen3
+
+# Model size of the demo (see DESIGN.md, "The CPU demo is feasible").
+DEMO_MODEL_KWARGS = dict(
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=512,
+    max_position_embeddings=64,
+)
+# The longest completion is `\boxed{198}<eos>`: 6 tokens. RL and evaluation leave 2 tokens of slack.
+MAX_COMPLETION_LENGTH = 8
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Task
+# --------------------------------------------------------------------------------------------------------------
+
+
+def format_question(a: int, b: int) -> str:
+    """The prompt of one problem: a plain string (the demo tokenizer has no chat template)."""
+    return f"What is {a}+{b}?"
+
+
+def format_completion(answer: int | str) -> str:
+    """The target completion of one problem, without the end-of-sequence token."""
+    return f"{BOXED_TOKEN}{answer}}}"
+
+
+def _all_pairs(max_operand: int) -> list[tuple[int, int]]:
+    return [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
+
+
+def _problem(a: int, b: int) -> dict[str, str]:
+    return {"question": format_question(a, b), "answer": str(a + b)}
+
+
+def arithmetic_problems(num: int, seed: int = 0, max_operand: int = 99) -> list[dict[str, str]]:
+    """`num` distinct addition problems `{"question": "What is a+b?", "answer": "a+b"}` with 0 <= a, b <= max_operand.
+
+    The problems are a seeded random sample without replacement of the (max_operand + 1)^2 ordered pairs.
+    """
+    pairs = _all_pairs(max_operand)
+    if not 0 <= num <= len(pairs):
+        raise ValueError(f"num must be in [0, {len(pairs)}] for max_operand={max_operand}, got {num}.")
+    random.Random(seed).shuffle(pairs)
+    return [_problem(a, b) for a, b in pairs[:num]]
+
+
+def split_problems(
+    seed: int = 0, num_train: int | None = None, num_eval: int = 500, max_operand: int = 99
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Disjoint train / held-out problem lists.
+
+    The held-out set is `num_eval` ordered pairs (a, b); training excludes both (a, b) and (b, a) of every held-out
+    pair, so held-out accuracy cannot come from remembering a pair or its mirror image. `num_train=None` keeps every
+    remaining pair (about 9,000 for max_operand=99), in a seeded random order.
+    """
+    rng = random.Random(seed)
+    pairs = _all_pairs(max_operand)
+    rng.shuffle(pairs)
+    if not 0 < num_eval < len(pairs):
+        raise ValueError(f"num_eval must be in (0, {len(pairs)}), got {num_eval}.")
+    eval_pairs = pairs[:num_eval]
+    held_out = {frozenset(pair) for pair in eval_pairs}
+    train_pairs = [pair for pair in pairs[num_eval:] if frozenset(pair) not in held_out]
+    if num_train is not None:
+        if num_train > len(train_pairs):
+            raise ValueError(f"num_train={num_train} exceeds the {len(train_pairs)} pairs left after the held-out split.")
+        train_pairs = train_pairs[:num_train]
+    return [_problem(a, b) for a, b in train_pairs], [_problem(a, b) for a, b in eval_pairs]
+
+
+def make_demo_datasets(
+    seed: int = 0, num_train: int | None = None, num_eval: int = 500, max_operand: int = 99
+) -> tuple[Dataset, Dataset]:
+    """`(train_ds, eval_ds)` as `datasets.Dataset` with a plain-string `prompt` column and an `answer` column.
+
+    See `split_problems` for how the splits are kept disjoint.
+    """
+    train, held_out = split_problems(seed=seed, num_train=num_train, num_eval=num_eval, max_operand=max_operand)
+
+    def to_dataset(problems):
+        return Dataset.from_dict(
+            {"prompt": [p["question"] for p in problems], "answer": [p["answer"] for p in problems]}
+        )
+
+    return to_dataset(train), to_dataset(held_out)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tokenizer and model
+# --------------------------------------------------------------------------------------------------------------
+
+
+def demo_corpus(max_operand: int = 99) -> list[str]:
+    """Every piece of text the task can produce: digits, the question words, `+`, `?`, `\\boxed{` and `}`."""
+    digits = "".join(str(d) for d in range(10))
+    return [format_question(max_operand, max_operand), digits, format_completion(digits)]
+
+
+def build_demo_tokenizer(max_operand: int = 99):
+    """The character-level tokenizer of the demo (left padding, `<pad>` and `<eos>`, `\\boxed{` as one token)."""
+    return build_char_tokenizer(demo_corpus(max_operand))
+
+
+def build_demo_model(tokenizer: PreTrainedTokenizerBase, seed: int = 0):
+    """A randomly initialised ~1M-parameter Qwen3-architecture model for `tokenizer` (float32)."""
+    return build_tiny_qwen3(tokenizer, seed=seed, **DEMO_MODEL_KWARGS)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _extract_boxed_answer(text: str) -> str | None:
+    # The project's extractor, so that evaluation and the RL reward read completions the same way.
+    from .rewards import extract_boxed_answer
+
+    return extract_boxed_answer(text)
+
+
+def _is_correct(completion: str, answer: str) -> bool:
+    extracted = _extract_boxed_answer(completion)
+    if extracted is None:
+        return False
+    try:
+        return int(extracted.strip()) == int(answer)
+    except ValueError:
+        return False
+
+
+@torch.no_grad()
+def generate_completions(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    batch_size: int = 512,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    max_new_tokens: int = MAX_COMPLETION_LENGTH,
+) -> list[str]:
+    """Complete `prompts` in left-padded batches and decode the completions (special tokens removed)."""
+    was_training = model.training
+    model.eval()
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    completions: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            generation_kwargs: dict[str, Any] = dict(
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            if do_sample:
+                generation_kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+            else:
+                generation_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            output = model.generate(**batch, **generation_kwargs)
+            completion_ids = output[:, batch["input_ids"].shape[1] :]
+            completions.extend(tokenizer.batch_decode(completion_ids, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return completions
+
+
+def greedy_accuracy(
+    model, tokenizer: PreTrainedTokenizerBase, eval_ds, batch_size: int = 512, limit: int | None = None
+) -> float:
+    """Fraction of `eval_ds` (columns `prompt`, `answer`) whose greedy completion boxes the right integer."""
+    prompts, answers = _columns(eval_ds, limit)
+    completions = generate_completions(model, tokenizer, prompts, batch_size=batch_size)
+    return sum(_is_correct(c, a) for c, a in zip(completions, answers)) / max(len(answers), 1)
+
+
+def sampled_accuracy(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_ds,
+    temperature: float = 1.0,
+    batch_size: int = 512,
+    seed: int = 0,
+    limit: int | None = None,
+) -> float:
+    """Like `greedy_accuracy` with one sampled completion per problem at `temperature` (top-p 1)."""
+    prompts, answers = _columns(eval_ds, limit)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        completions = generate_completions(
+            model, tokenizer, prompts, batch_size=batch_size, do_sample=True, temperature=temperature
+        )
+    return sum(_is_correct(c, a) for c, a in zip(completions, answers)) / max(len(answers), 1)
+
+
+def _columns(ds, limit: int | None) -> tuple[list[str], list[str]]:
+    if isinstance(ds, Dataset):
+        prompts, answers = list(ds["prompt"]), list(ds["answer"])
+    else:
+        prompts, answers = [row["prompt"] for row in ds], [row["answer"] for row in ds]
+    if limit is not None:
+        prompts, answers = prompts[:limit], answers[:limit]
+    return prompts, answers
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Supervised warm start
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _supervised_tensors(tokenizer: PreTrainedTokenizerBase, ds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded `prompt + completion + <eos>` ids, attention mask and labels (-100 outside the completion)."""
+    prompts, answers = _columns(ds, None)
+    rows = []
+    for prompt, answer in zip(prompts, answers):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(format_completion(answer), add_special_tokens=False)["input_ids"]
+        completion_ids = completion_ids + [tokenizer.eos_token_id]
+        rows.append((prompt_ids, completion_ids))
+    length = max(len(p) + len(c) for p, c in rows)
+    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    labels = torch.full((len(rows), length), -100, dtype=torch.long)
+    for i, (prompt_ids, completion_ids) in enumerate(rows):
+        ids = prompt_ids + completion_ids
+        input_ids[i, length - len(ids) :] = torch.tensor(ids)
+        attention_mask[i, length - len(ids) :] = 1
+        labels[i, length - len(completion_ids) :] = torch.tensor(completion_ids)
+    return input_ids, attention_mask, labels
+
+
+def warm_start(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    train_ds,
+    eval_ds=None,
+    target_accuracy: float | None = 0.25,
+    max_steps: int = 1500,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    eval_every: int = 25,
+    eval_limit: int | None = 250,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Supervised fine-tuning on `prompt + "\\boxed{answer}<eos>"`, with the loss on the completion only.
+
+    Stops as soon as the greedy accuracy on the first `eval_limit` problems of `eval_ds` (checked every
+    `eval_every` steps) reaches `target_accuracy`, or after `max_steps`. A fixed step count is fragile on this task:
+    accuracy sits near 10% for hundreds of steps and then jumps, at a step that depends on the seed.
+    With `target_accuracy=None` or no `eval_ds`, trains for `max_steps`.
+
+    Returns `{"steps", "loss", "first_loss", "accuracy", "seconds", "reached_target"}` (`accuracy` is the last check,
+    `None` when there was none).
+    """
+    start = time.perf_counter()
+    input_ids, attention_mask, labels = _supervised_tensors(tokenizer, train_ds)
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    check = eval_ds is not None and target_accuracy is not None and eval_every > 0
+    model.train()
+    losses: list[float] = []
+    accuracy = None
+    reached = False
+    step = 0
+    bar = tqdm(total=max_steps, desc="warm start", disable=not progress, dynamic_ncols=True)
+    try:
+        while step < max_steps:
+            index = torch.randint(0, input_ids.shape[0], (batch_size,), generator=generator)
+            mask = attention_mask[index]
+            keep = int(mask.sum(dim=0).nonzero()[0])  # drop columns that are padding in the whole batch
+            loss = model(
+                input_ids=input_ids[index, keep:].to(device),
+                attention_mask=mask[:, keep:].to(device),
+                labels=labels[index, keep:].to(device),
+            ).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            losses.append(loss.item())
+            bar.update(1)
+            if check and step % eval_every == 0:
+                accuracy = greedy_accuracy(model, tokenizer, eval_ds, limit=eval_limit)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{accuracy:.2f}")
+                if accuracy >= target_accuracy:
+                    reached = True
+                    break
+            elif step % 10 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    finally:
+        bar.close()
+    optimizer.zero_grad(set_to_none=True)
+    return {
+        "steps": step,
+        "first_loss": losses[0] if losses else None,
+        "loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+        "accuracy": accuracy,
+        "reached_target": reached,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a `metrics.jsonl` file, in order."""
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def write_metrics_csv(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Write `records` as CSV, one column per key seen in any record (first-seen order), blanks where missing."""
+    columns: list[str] = []
+    for record in records:
+        columns.extend(key for key in record if key not in columns)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        for record in records:
+            writer.writerow({k: ("" if v is None else v) for k, v in record.items()})
+
+
+class DemoMetricsCallback(TrainerCallback):
+    """Append every training log (`reward`, `entropy`, `stapo/masked_frac`, ...) to `<output_dir>/metrics.jsonl`.
+
+    Each record carries `step` (the optimizer step of the log) and `epoch`; at the end of training, the records
+    are also written to `<output_dir>/metrics.csv`. `output_dir=None` uses the trainer's `args.output_dir`.
+    Only the main process writes. The file is truncated when training begins, so a rerun does not mix runs.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike | None = None, filename: str = "metrics.jsonl"):
+        self.output_dir = None if output_dir is None else os.fspath(output_dir)
+        self.filename = filename
+        self.records: list[dict[str, Any]] = []
+
+    def _dir(self, args) -> str:
+        return self.output_dir if self.output_dir is not None else args.output_dir
+
+    @property
+    def jsonl_path(self) -> str | None:
+        return None if self.output_dir is None else os.path.join(self.output_dir, self.filename)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.output_dir = self._dir(args)
+        os.makedirs(self.output_dir, exist_ok=True)
+        self.records = []
+        open(os.path.join(self.output_dir, self.filename), "w").close()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record: dict[str, Any] = {"step": state.global_step, "epoch": _jsonable(state.epoch)}
+        record.update({key: _jsonable(value) for key, value in logs.items()})
+        self.records.append(record)
+        output_dir = self._dir(args)
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, self.filename), "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        output_dir = self._dir(args)
+        os.makedirs(output_dir, exist_ok=True)
+        stem = os.path.splitext(self.filename)[0]
+        write_metrics_csv(self.records, os.path.join(output_dir, f"{stem}.csv"))

@@ -1,0 +1,111 @@
+"""Shared offline fixtures: a tiny Qwen3 model, a tokenizer built on the fly and trainers around them."""
+
+import copy
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+from datasets import Dataset
+
+from stapo_trl.tiny import build_char_tokenizer, build_tiny_qwen3
+
+TASK_CHARACTERS = "What is 0123456789+? \\boxed{}"
+
+
+def tiny_tokenizer():
+    return build_char_tokenizer([TASK_CHARACTERS])
+
+
+def tiny_model(tokenizer, seed=0):
+    return build_tiny_qwen3(
+        tokenizer,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        seed=seed,
+    )
+
+
+def addition_dataset(num=16):
+    rows = [{"prompt": f"What is {a}+{b}?", "answer": str(a + b)} for a in range(10) for b in range(10)]
+    return Dataset.from_list(rows[:num])
+
+
+def contains_answer_reward(completions, answer, **kwargs):
+    return [1.0 if gold in completion else 0.0 for completion, gold in zip(completions, answer, strict=True)]
+
+
+def build_trainer(trainer_class, config_class, output_dir, model=None, **config_kwargs):
+    """A trainer on the tiny model with CPU-friendly settings; `config_kwargs` override them."""
+    tokenizer = tiny_tokenizer()
+    settings = dict(
+        output_dir=str(output_dir),
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=6,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+    )
+    settings.update(config_kwargs)
+    return trainer_class(
+        model=model if model is not None else tiny_model(tokenizer),
+        reward_funcs=contains_answer_reward,
+        args=config_class(**settings),
+        train_dataset=addition_dataset(),
+        processing_class=tokenizer,
+    )
+
+
+def hand_batch(tokenizer, seed=0, num_sequences=4, completion_length=6):
+    """A loss-time batch as `GRPOTrainer._prepare_inputs` hands it to `compute_loss`.
+
+    Left-padded prompts, right-padded completions, two positive and two negative advantages, and old
+    log-probabilities a little off the current policy so that clipping is exercised.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    prompts = ["What is 1+2?", "What is 13+4?", "What is 5+6?", "What is 7+18?"][:num_sequences]
+    encoded = tokenizer(prompts, padding=True, return_tensors="pt")
+    vocab = len(tokenizer)
+    completion_ids = torch.randint(4, vocab, (num_sequences, completion_length), generator=generator)
+    completion_mask = torch.ones_like(completion_ids)
+    completion_mask[1, 4:] = 0
+    completion_mask[3, 2:] = 0
+    completion_ids[completion_mask == 0] = tokenizer.pad_token_id
+    advantages = torch.tensor([1.0, 0.7, -1.0, -0.7])[:num_sequences]
+    old_per_token_logps = -3.2 + 0.3 * torch.randn(num_sequences, completion_length, generator=generator)
+    return {
+        "prompt_ids": encoded["input_ids"],
+        "prompt_mask": encoded["attention_mask"],
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": advantages,
+        "old_per_token_logps": old_per_token_logps,
+        "num_items_in_batch": completion_mask.sum(),
+    }
+
+
+def loss_and_grads(trainer, inputs, gradient_accumulation_steps=1):
+    """One `compute_loss` + backward on a fresh copy of `inputs`; returns the loss and the parameter gradients."""
+    trainer.model.train()
+    trainer.model.zero_grad()
+    trainer.current_gradient_accumulation_steps = gradient_accumulation_steps
+    loss = trainer.compute_loss(trainer.model, copy.deepcopy(inputs))
+    loss.backward()
+    grads = {name: param.grad.clone() for name, param in trainer.model.named_parameters() if param.grad is not None}
+    return loss.detach(), grads
+
+
+@pytest.fixture
+def tokenizer():
+    return tiny_tokenizer()

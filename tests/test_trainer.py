@@ -1,0 +1,306 @@
+"""STAPOTrainer against TRL's GRPOTrainer and against the STAPO objective computed by hand."""
+
+import copy
+import math
+
+import pytest
+import torch
+from conftest import build_trainer, hand_batch, loss_and_grads, tiny_model, tiny_tokenizer
+from trl import GRPOConfig, GRPOTrainer
+
+from stapo_trl import STAPOConfig, STAPOTrainer
+from stapo_trl.s2t import stapo_policy_loss
+
+LOSS_TYPES = ["dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo"]
+
+
+def loss_type_settings(loss_type):
+    settings = {"loss_type": loss_type, "epsilon": 0.2, "epsilon_high": 0.28, "beta": 0.0}
+    if loss_type == "luspo":
+        settings["importance_sampling_level"] = "sequence"
+    if loss_type == "cispo":
+        settings["epsilon_high"] = 5.0
+    return settings
+
+
+def saved_tiny_model(tmp_path):
+    """A tiny model saved to disk: with beta > 0, TRL loads the reference model from its path."""
+    path = tmp_path / "tiny-model"
+    tiny_model(tiny_tokenizer()).save_pretrained(path)
+    return str(path)
+
+
+def trainer_pair(tmp_path, **settings):
+    """GRPOTrainer and STAPOTrainer with S2T off, on identical copies of one tiny model."""
+    if settings.get("beta", 0.0) != 0.0:
+        model = saved_tiny_model(tmp_path)
+    else:
+        model = tiny_model(tiny_tokenizer())
+    grpo = build_trainer(GRPOTrainer, GRPOConfig, tmp_path / "grpo", model=copy.deepcopy(model), **settings)
+    stapo = build_trainer(
+        STAPOTrainer, STAPOConfig, tmp_path / "stapo", model=model, silence_spurious_tokens=False, **settings
+    )
+    return grpo, stapo
+
+
+def assert_same(loss_a, grads_a, loss_b, grads_b):
+    assert torch.equal(loss_a, loss_b), f"{loss_a.item()} != {loss_b.item()}"
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert torch.equal(grads_a[name], grads_b[name]), name
+
+
+def current_logps_and_entropies(trainer, inputs):
+    """The policy's per-token log-probs and entropies on `inputs`, through TRL's own fused pass."""
+    with torch.no_grad():
+        logps, entropies, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+            trainer,
+            trainer.model,
+            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
+            inputs["completion_ids"].size(1),
+            compute_entropy=True,
+        )
+    return logps, entropies
+
+
+def spurious_by_hand(logps, entropies, advantages, mask, tau_p, q):
+    """The S2T rule written out with plain Python loops, independently of `stapo_trl.s2t`."""
+    batch, length = logps.shape
+    candidates = [
+        (i, t)
+        for i in range(batch)
+        for t in range(length)
+        if mask[i, t] and advantages[i] > 0 and math.exp(logps[i, t].item()) < tau_p
+    ]
+    values = sorted(entropies[i, t].item() for i, t in candidates)
+    position = q * (len(values) - 1)
+    low = int(position)
+    tau_h = values[low] + (position - low) * (values[min(low + 1, len(values) - 1)] - values[low])
+    spurious = torch.zeros(batch, length, dtype=torch.bool)
+    for i, t in candidates:
+        if entropies[i, t].item() < tau_h:
+            spurious[i, t] = True
+    return spurious
+
+
+def thresholds_that_silence_some(logps, advantages, mask):
+    """A tau_p between the probabilities of the positive-advantage tokens, so the test batch has spurious tokens."""
+    positive = (advantages > 0).unsqueeze(1) & mask.bool()
+    return torch.quantile(logps[positive].exp(), 0.6).item()
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_s2t_off_equals_grpo_trainer(tmp_path, loss_type):
+    grpo, stapo = trainer_pair(tmp_path, **loss_type_settings(loss_type))
+    inputs = hand_batch(grpo.processing_class)
+    assert_same(*loss_and_grads(grpo, inputs), *loss_and_grads(stapo, inputs))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"top_entropy_quantile": 0.2},
+        {"beta": 0.04},
+        {"entropy_coef": 0.01},
+        {"num_iterations": 2},
+        {"loss_type": "grpo", "top_entropy_quantile": 0.5, "entropy_coef": 0.01},
+    ],
+    ids=["entropy20", "kl", "entropy-bonus", "num-iterations", "grpo-combined"],
+)
+def test_s2t_off_equals_grpo_trainer_with_features(tmp_path, settings):
+    grpo, stapo = trainer_pair(tmp_path, **{**loss_type_settings(settings.get("loss_type", "dapo")), **settings})
+    inputs = hand_batch(grpo.processing_class)
+    if grpo.beta != 0.0:
+        inputs["ref_per_token_logps"] = inputs["old_per_token_logps"] - 0.1
+    assert_same(*loss_and_grads(grpo, inputs), *loss_and_grads(stapo, inputs))
+
+
+def test_s2t_off_equals_grpo_trainer_with_gradient_accumulation(tmp_path):
+    grpo, stapo = trainer_pair(tmp_path, gradient_accumulation_steps=2, **loss_type_settings("dapo"))
+    inputs = hand_batch(grpo.processing_class)
+    assert_same(*loss_and_grads(grpo, inputs, 2), *loss_and_grads(stapo, inputs, 2))
+
+
+def s2t_trainer(tmp_path, inputs_seed=0, **settings):
+    """A STAPOTrainer whose tau_p is chosen so that the hand batch has spurious tokens; returns it and the truth."""
+    model = saved_tiny_model(tmp_path) if settings.get("beta", 0.0) != 0.0 else None
+    trainer = build_trainer(
+        STAPOTrainer, STAPOConfig, tmp_path / "s2t", model=model, spurious_entropy_quantile=0.5, **settings
+    )
+    inputs = hand_batch(trainer.processing_class, seed=inputs_seed)
+    logps, entropies = current_logps_and_entropies(trainer, inputs)
+    tau_p = thresholds_that_silence_some(logps, inputs["advantages"], inputs["completion_mask"])
+    trainer.args.spurious_prob_threshold = tau_p
+    spurious = spurious_by_hand(logps, entropies, inputs["advantages"], inputs["completion_mask"], tau_p, 0.5)
+    assert 0 < spurious.sum() < inputs["completion_mask"].sum()
+    return trainer, inputs, spurious, logps
+
+
+def grads_of_logps(trainer, inputs, gradient_accumulation_steps=1):
+    """d loss / d per-token log-prob, captured on the tensor the loss consumes."""
+    captured = {}
+    original = STAPOTrainer._get_per_token_logps_and_entropies
+
+    def capture(self, *args, **kwargs):
+        logps, entropies, aux = original(self, *args, **kwargs)
+        if logps.requires_grad:
+            logps.retain_grad()
+            captured["logps"] = logps
+        return logps, entropies, aux
+
+    trainer._get_per_token_logps_and_entropies = capture.__get__(trainer)
+    try:
+        loss, grads = loss_and_grads(trainer, inputs, gradient_accumulation_steps)
+    finally:
+        del trainer._get_per_token_logps_and_entropies
+    return loss, grads, captured["logps"].grad
+
+
+def test_spurious_tokens_get_exactly_zero_gradient(tmp_path):
+    trainer, inputs, spurious, logps = s2t_trainer(tmp_path)
+    _, _, logp_grads = grads_of_logps(trainer, inputs)
+    # kept tokens inside the clip range must still learn (clipped ones have zero gradient by PPO's design)
+    ratio = (logps - inputs["old_per_token_logps"]).exp()
+    positive = (inputs["advantages"] > 0).unsqueeze(1)
+    unclipped = torch.where(positive, ratio < 1.28, ratio > 0.8)
+    learning = inputs["completion_mask"].bool() & ~spurious & unclipped
+    assert learning.any()
+    assert torch.all(logp_grads[spurious] == 0.0)
+    assert torch.all(logp_grads[learning] != 0.0)
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo", "dr_grpo"])
+def test_s2t_loss_equals_renormalised_reference(tmp_path, loss_type):
+    trainer, inputs, spurious, logps = s2t_trainer(tmp_path, **loss_type_settings(loss_type))
+    loss, _, _ = grads_of_logps(trainer, inputs)
+    keep = inputs["completion_mask"].bool() & ~spurious
+    old, advantages = inputs["old_per_token_logps"], inputs["advantages"]
+    if loss_type in ("dapo", "bnpo"):
+        expected = stapo_policy_loss(logps, old, advantages, keep, 0.2, 0.28)
+    elif loss_type == "grpo":
+        per_sequence = [
+            stapo_policy_loss(logps[i : i + 1], old[i : i + 1], advantages[i : i + 1], keep[i : i + 1], 0.2, 0.28)
+            for i in range(len(advantages))
+        ]
+        expected = torch.stack(per_sequence).mean()
+    else:  # dr_grpo: silenced tokens drop out of the sum, the denominator stays B * max_completion_length
+        num_kept = keep.sum()
+        expected = stapo_policy_loss(logps, old, advantages, keep, 0.2, 0.28) * num_kept / (4 * 6)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6, abs=1e-7)
+
+
+def test_dapo_normaliser_with_gradient_accumulation(tmp_path):
+    """With accumulation, TRL's normaliser is scaled by this micro-batch's kept/total ratio."""
+    trainer, inputs, spurious, logps = s2t_trainer(tmp_path, gradient_accumulation_steps=2)
+    loss, _, _ = grads_of_logps(trainer, inputs, gradient_accumulation_steps=2)
+    keep = inputs["completion_mask"].bool() & ~spurious
+    total = inputs["completion_mask"].sum()
+    # TRL: normaliser = num_items / processes * accumulation / steps_per_generation = 14 * 2 / 2
+    trl_normaliser = total.float() * 2 / trainer.args.steps_per_generation
+    reference = stapo_policy_loss(logps, inputs["old_per_token_logps"], inputs["advantages"], keep, 0.2, 0.28)
+    expected = reference * keep.sum() / (trl_normaliser * keep.sum() / total)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_everything_silenced_gives_zero_loss_and_zero_gradients(tmp_path):
+    trainer = build_trainer(
+        STAPOTrainer, STAPOConfig, tmp_path, spurious_prob_threshold=1.0, spurious_entropy_quantile=1.0
+    )
+    inputs = hand_batch(trainer.processing_class)
+    inputs["advantages"] = torch.tensor([1.0, 0.5, 0.2, 0.1])  # every token positive: every token a candidate
+    loss, grads = loss_and_grads(trainer, inputs)
+    assert loss.item() == 0.0
+    assert all(torch.all(grad == 0.0) for grad in grads.values())
+    assert trainer._metrics["train"]["stapo/masked_frac"][-1] == 1.0
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"top_entropy_quantile": 0.5},
+        {"top_entropy_quantile": 0.5, "renormalize_entropy_mask": True},
+        {"beta": 0.04},
+        {"entropy_coef": 0.05},
+        {"num_iterations": 2},
+    ],
+    ids=["entropy-mask", "entropy-mask-renormalised", "kl", "entropy-bonus", "num-iterations"],
+)
+def test_s2t_combines_with_trl_features(tmp_path, settings):
+    trainer, inputs, spurious, _ = s2t_trainer(tmp_path, **settings)
+    if trainer.beta != 0.0:
+        inputs["ref_per_token_logps"] = inputs["old_per_token_logps"] - 0.1
+    loss, grads, logp_grads = grads_of_logps(trainer, inputs)
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(grad).all() for grad in grads.values())
+    if "entropy_coef" not in settings:  # the entropy bonus acts on the entropy, not on the sampled token's log-prob
+        assert torch.all(logp_grads[spurious] == 0.0)
+    assert trainer._metrics["train"]["stapo/masked_tokens"][-1] == spurious.sum().item()
+
+
+def test_renormalised_entropy_mask_divides_by_kept_tokens(tmp_path):
+    """20-Entropy with renormalisation: TRL's loss times total / kept (S2T off, dapo)."""
+    settings = {"top_entropy_quantile": 0.5, "silence_spurious_tokens": False}
+    plain = build_trainer(STAPOTrainer, STAPOConfig, tmp_path / "a", **settings)
+    renormalised = build_trainer(
+        STAPOTrainer, STAPOConfig, tmp_path / "b", model=copy.deepcopy(plain.model), renormalize_entropy_mask=True, **settings
+    )
+    inputs = hand_batch(plain.processing_class)
+    _, entropies = current_logps_and_entropies(plain, inputs)
+    high = GRPOTrainer.get_high_entropy_mask(plain, entropies, inputs["completion_mask"], 0.5)
+    loss_plain, _ = loss_and_grads(plain, inputs)
+    loss_renormalised, _ = loss_and_grads(renormalised, inputs)
+    ratio = inputs["completion_mask"].sum() / high.sum()
+    assert loss_renormalised.item() == pytest.approx((loss_plain * ratio).item(), rel=1e-6)
+
+
+def test_vllm_importance_sampling_correction(tmp_path):
+    trainer, inputs, spurious, _ = s2t_trainer(tmp_path)
+    trainer.use_vllm = True  # only the loss path is exercised: TRL multiplies by the sampler's IS ratio
+    trainer.vllm_importance_sampling_correction = True
+    inputs["importance_sampling_ratio"] = torch.full_like(inputs["old_per_token_logps"], 0.9)
+    # vLLM marks tokens it could not score with NaN; put one on a negative-advantage token, which is no candidate
+    inputs["importance_sampling_ratio"][2, 0] = float("nan")
+    loss, grads, logp_grads = grads_of_logps(trainer, inputs)
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(grad).all() for grad in grads.values())
+    assert torch.all(logp_grads[spurious] == 0.0)
+    assert logp_grads[2, 0] == 0.0
+    assert trainer._metrics["train"]["stapo/nonfinite_tokens"][-1] == 1.0
+
+
+def test_nonfinite_inputs_are_excluded_and_counted(tmp_path):
+    trainer = build_trainer(STAPOTrainer, STAPOConfig, tmp_path)
+    inputs = hand_batch(trainer.processing_class)
+    inputs["old_per_token_logps"][1, 1] = float("inf")
+    inputs["advantages"][2] = float("nan")  # the whole sequence (6 tokens) is excluded
+    loss, grads = loss_and_grads(trainer, inputs)
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(grad).all() for grad in grads.values())
+    assert trainer._metrics["train"]["stapo/nonfinite_tokens"][-1] == 7.0
+
+
+def test_metrics_are_logged(tmp_path):
+    trainer, inputs, spurious, logps = s2t_trainer(tmp_path)
+    loss_and_grads(trainer, inputs)
+    metrics = {name: values[-1] for name, values in trainer._metrics["train"].items()}
+    num_tokens = inputs["completion_mask"].sum().item()
+    assert metrics["stapo/masked_tokens"] == spurious.sum().item()
+    assert metrics["stapo/masked_frac"] == pytest.approx(spurious.sum().item() / num_tokens)
+    assert metrics["stapo/masked_prob_mean"] == pytest.approx(logps[spurious].exp().mean().item(), rel=1e-5)
+    assert 0 < metrics["stapo/candidate_frac"] <= 1
+    assert metrics["stapo/entropy_p10"] <= metrics["stapo/entropy_p50"] <= metrics["stapo/entropy_p90"]
+    for name in ("stapo/entropy_threshold", "stapo/masked_entropy_mean", "stapo/nonfinite_tokens"):
+        assert name in metrics
+
+
+def test_model_card_identity():
+    assert "stapo" in STAPOTrainer._tag_names
+    assert STAPOTrainer._name == "STAPO"
+    assert STAPOTrainer._paper["id"] == "2602.15620"
+    assert "2602.15620" in STAPOTrainer._paper["citation"]
+
+
+def test_rejects_plain_grpo_config(tmp_path):
+    with pytest.raises(TypeError, match="STAPOConfig"):
+        build_trainer(STAPOTrainer, GRPOConfig, tmp_path)
