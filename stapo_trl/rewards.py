@@ -782,7 +782,9 @@ def grade_batch(
     if len(completions) != len(golds):
         raise ValueError(f"grade_batch got {len(completions)} completions but {len(golds)} gold answers")
     pairs = list(zip(completions, golds))
-    workers = min(_settings.max_workers, len(pairs)) if _settings.backend == "process" else 1
+    in_workers = _settings.backend == "process" and not (_pool is not None and _pool.broken)
+    # Inline grading stays on the calling thread: math-verify's timeouts only work on the main thread.
+    workers = min(_settings.max_workers, len(pairs)) if in_workers else 1
     if workers <= 1:
         return [grade(c, g, timeout_s=timeout_s) for c, g in pairs]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stapo-grade") as executor:

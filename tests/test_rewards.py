@@ -250,19 +250,16 @@ def test_pathological_batch_through_the_reward():
 
 
 def test_a_stuck_worker_is_killed_at_the_hard_deadline_and_replaced():
-    configure_grader(max_workers=1)
-    try:
-        assert grade("\\boxed{2}", "2")
-        pool = rewards._get_pool()
-        (worker,) = pool._idle
-        os.kill(worker.proc.pid, signal.SIGSTOP)  # stuck where its own timer cannot help
-        start = time.monotonic()
-        assert grade_with_status("\\boxed{2}", "2", timeout_s=0.5) == (False, "timeout")
-        assert time.monotonic() - start < 0.5 + 1.0 + 0.25 + 1.0
-        assert worker.proc.poll() is not None  # killed
-        assert grade("\\boxed{2}", "2")  # a fresh worker takes over
-    finally:
-        configure_grader(max_workers=rewards._Settings().max_workers)
+    assert grade("\\boxed{2}", "2")
+    pool = rewards._get_pool()
+    worker = pool._idle[-1]  # the worker the next sequential call takes
+    os.kill(worker.proc.pid, signal.SIGSTOP)  # stuck where its own timer cannot help
+    start = time.monotonic()
+    assert grade_with_status("\\boxed{2}", "2", timeout_s=0.5) == (False, "timeout")
+    assert time.monotonic() - start < 0.5 + 1.0 + 0.25 + 1.0
+    assert worker.proc.poll() is not None  # killed
+    assert worker not in pool._idle
+    assert grade("\\boxed{2}", "2")  # another worker takes over
 
 
 def test_a_dead_worker_is_replaced():
