@@ -368,16 +368,28 @@ def _grade_core(answer: str, gold_latex: str, mv_timeout: int | None) -> str:
     return _CORRECT if verify(list(gold), pred, timeout_seconds=mv_timeout) else _WRONG
 
 
+def _mute_timeout_disabled_warning() -> None:
+    # math-verify warns once that "timeout is disabled" when called without its signal timeouts; here
+    # that is deliberate (the worker bounds time itself, or we are off the main thread).
+    import math_verify.grader
+    import math_verify.parser
+
+    math_verify.grader.TIMEOUT_WARNING_SHOWN = True
+    math_verify.parser.TIMEOUT_WARNING_SHOWN = True
+
+
 def _silence_math_verify_logs() -> None:
-    # math-verify logs a warning when its timeouts are disabled (we bound time ourselves) and logs
-    # whole inputs on failures; keep both out of training logs.
+    """Worker only: math-verify also logs whole inputs on failures; keep them out of training logs."""
     for name in ("math_verify", "latex2sympy2_extended"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _grade_inline(answer: str, gold_latex: str, timeout_s: float) -> str:
     """In-process grading: math-verify's signal timeouts on the main thread, input bounds elsewhere."""
-    _silence_math_verify_logs()
+    try:
+        _mute_timeout_disabled_warning()
+    except Exception:  # pragma: no cover - other math-verify versions
+        pass
     on_main = threading.current_thread() is threading.main_thread()
     mv_timeout = max(1, math.ceil(timeout_s)) if on_main else None
     try:
@@ -753,9 +765,10 @@ def grade(completion: Any, gold: Any, *, timeout_s: float | None = None) -> bool
     ``10 \\text{ cm}`` are ignored (math-verify's normalisation).
 
     Robust by construction: no box, an empty/unparseable gold, a parser exception, a pathological
-    expression or an exhausted time budget all give ``False``; it never raises and returns within
-    about ``timeout_s + 1 + timeout_s / 2`` seconds from any thread (plus the one-time start of a
-    worker process, about a second). Problems are tallied in :func:`reward_problem_counts`; an
+    expression or an exhausted time budget all give ``False``; it never raises and, from any thread,
+    spends at most about ``timeout_s + 1 + timeout_s / 2`` seconds on the answer (plus the start of a
+    worker process when one is needed, about a second, and any wait for a free worker when more threads
+    grade at once than there are workers). Problems are tallied in :func:`reward_problem_counts`; an
     unparseable gold answer is also warned about once per distinct value.
 
     Args:
