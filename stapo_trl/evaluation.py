@@ -466,7 +466,8 @@ class DataParallelGenerator:
     `functools.partial(VLLMGenerator, model, tensor_parallel_size=2)`). With `devices_per_worker > 0`, worker `r`
     sees only GPUs `[r * devices_per_worker, (r + 1) * devices_per_worker)` of `devices` (default: the visible ones)
     through `CUDA_VISIBLE_DEVICES`. Shard `s` of a call gets the seed `params.seed + <index of its first prompt>`,
-    matching the per-prompt seeds of `VLLMGenerator`.
+    matching the per-prompt seeds of `VLLMGenerator`. `start_method`: "spawn" (default; required with CUDA, as a
+    forked process cannot initialise it) or "fork" (CPU-only uses, where it saves the workers' imports).
     """
 
     def __init__(
@@ -476,6 +477,7 @@ class DataParallelGenerator:
         *,
         devices_per_worker: int = 0,
         devices: Sequence[str] | None = None,
+        start_method: str = "spawn",
     ):
         import multiprocessing
 
@@ -489,7 +491,7 @@ class DataParallelGenerator:
                     f"data parallel size {num_workers} x tensor parallel size {devices_per_worker} needs {needed} GPUs,"
                     f" {len(devices)} visible"
                 )
-        context = multiprocessing.get_context("spawn")
+        context = multiprocessing.get_context(start_method)
         self._connections = []
         self._processes = []
         for rank in range(num_workers):
@@ -1074,7 +1076,7 @@ class EvalConfig:
         from .data import BENCHMARKS
 
         known = list(BENCHMARKS)
-        benchmarks = list(self.benchmarks)
+        benchmarks = [str(b).strip().lower() for b in self.benchmarks]
         if len(benchmarks) == 1 and benchmarks[0] == "all":
             benchmarks = [b for b in BENCHMARK_ORDER if b in BENCHMARKS] + [b for b in known if b not in BENCHMARK_ORDER]
         if not benchmarks:
@@ -1096,6 +1098,7 @@ class EvalConfig:
         if self.top_p is not None and not (0 < self.top_p <= 1):
             raise ValueError(f"--top_p must be in (0, 1], got {self.top_p}")
         if isinstance(self.n, Mapping):
+            self.n = {str(b).lower(): value for b, value in self.n.items()}
             bad = [b for b in self.n if b not in BENCHMARKS]
             if bad:
                 raise ValueError(f"--n: unknown benchmark(s) {', '.join(map(repr, bad))}; accepted: {', '.join(known)}")
@@ -1136,6 +1139,7 @@ class EvalConfig:
             raise ValueError(f"--dtype: unknown dtype {self.dtype!r}; accepted: auto, bfloat16, float16, float32")
         overrides = {}
         for benchmark, fields in dict(self.dataset_overrides).items():
+            benchmark = str(benchmark).lower()
             if benchmark not in BENCHMARKS:
                 raise ValueError(
                     f"dataset override for unknown benchmark {benchmark!r}; accepted: {', '.join(known)}"
@@ -1180,11 +1184,13 @@ class EvalConfig:
         return "custom"
 
     def decoding_tag(self) -> str:
-        """`training`/`justrl` for a plain preset, else a tag with the actual values (default output sub-folder)."""
-        preset = DECODING_PRESETS[self.decoding]
-        if (self.resolved_temperature, self.resolved_top_p) == preset and self.max_new_tokens == PAPER_MAX_NEW_TOKENS:
-            return self.decoding
-        return f"T{self.resolved_temperature:g}-top_p{self.resolved_top_p:g}-max{self.max_new_tokens}"
+        """Name of the default output sub-folder: the preset (`training`, `justrl`), `-max<N>` appended when the
+        token limit is not the paper's; explicit values (`T0.6-top_p0.95`) when they differ from the preset."""
+        label = self.decoding_label()
+        tag = label if label != "custom" else f"T{self.resolved_temperature:g}-top_p{self.resolved_top_p:g}"
+        if self.max_new_tokens != PAPER_MAX_NEW_TOKENS:
+            tag += f"-max{self.max_new_tokens}"
+        return tag
 
     def resolved_output_dir(self) -> str:
         if self.output_dir is not None:

@@ -26,6 +26,15 @@ EVAL_FIXTURES = FIXTURES / "eval"
 ALL_BENCHMARKS = ["aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The models here are tiny: one thread is as fast, and it does not stall when the machine is busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Scripted generators
 # ----------------------------------------------------------------------------------------------------------------
@@ -393,7 +402,10 @@ def test_config_validation_as_a_library():
     assert config.sampling_params() == ev.SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=20480, seed=0)
     assert [config.samples_per_problem(b) for b in ALL_BENCHMARKS] == [2, 32, 32, 4, 4, 4]
     assert config.decoding_tag() == "justrl"
-    assert ev.EvalConfig(model="m", temperature=0.6).decoding_tag() == "T0.6-top_p1-max20480"
+    assert ev.EvalConfig(model="m", temperature=0.6).decoding_tag() == "T0.6-top_p1"
+    assert ev.EvalConfig(model="m", temperature=0.6).decoding_label() == "custom"
+    assert ev.EvalConfig(model="m", max_new_tokens=4096).decoding_tag() == "training-max4096"
+    assert ev.EvalConfig(model="m", benchmarks=["AIME24"]).benchmarks == ("aime24",)
     assert ev.EvalConfig(model="org/m").resolved_output_dir() == os.path.join("eval_runs", "org--m", "training")
 
 
@@ -542,13 +554,19 @@ def test_vllm_generator_around_a_stand_in_vllm(char_tokenizer, monkeypatch):
     ]
 
 
-def test_data_parallel_generator_splits_and_reassembles(monkeypatch):
-    # The workers are spawned processes: they import the generator's module by name (sys.path is passed on).
+SLOW = pytest.mark.skipif(not os.environ.get("STAPO_SLOW_TESTS"), reason="slow; set STAPO_SLOW_TESTS=1 to run")
+
+
+@pytest.mark.parametrize("start_method", ["fork", pytest.param("spawn", marks=SLOW)])
+def test_data_parallel_generator_splits_and_reassembles(monkeypatch, start_method):
+    # Spawned workers import the generator's module by name (sys.path is passed on). Spawn (the default, needed
+    # with CUDA) costs each worker the import of the package; fork checks the same logic in a fraction of a second.
     monkeypatch.syspath_prepend(str(EVAL_FIXTURES))
     from echo_generator import EchoGenerator
 
     factory = functools.partial(EchoGenerator, "dp")
-    with ev.DataParallelGenerator(factory, 2, devices_per_worker=2, devices=["0", "1", "2", "3"]) as generator:
+    devices = ["0", "1", "2", "3"]
+    with ev.DataParallelGenerator(factory, 2, devices_per_worker=2, devices=devices, start_method=start_method) as generator:
         prompts = [f"p{i}" for i in range(5)]
         outputs = generator.generate(prompts, 2, ev.SamplingParams(seed=100))
         # Shards [p0, p1, p2] -> GPUs 0,1 and [p3, p4] -> GPUs 2,3; per-prompt seeds as if in one process.
