@@ -42,7 +42,14 @@ def contains_answer_reward(completions, answer, **kwargs):
     return [1.0 if gold in completion else 0.0 for completion, gold in zip(completions, answer, strict=True)]
 
 
-def build_trainer(trainer_class, config_class, output_dir, model=None, **config_kwargs):
+def digit_count_reward(completions, **kwargs):
+    """A reward that varies even for a random model: the number of digits in the completion."""
+    return [float(sum(character.isdigit() for character in completion)) for completion in completions]
+
+
+def build_trainer(
+    trainer_class, config_class, output_dir, model=None, reward_funcs=contains_answer_reward, **config_kwargs
+):
     """A trainer on the tiny model with CPU-friendly settings; `config_kwargs` override them."""
     tokenizer = tiny_tokenizer()
     settings = dict(
@@ -60,7 +67,7 @@ def build_trainer(trainer_class, config_class, output_dir, model=None, **config_
     settings.update(config_kwargs)
     return trainer_class(
         model=model if model is not None else tiny_model(tokenizer),
-        reward_funcs=contains_answer_reward,
+        reward_funcs=reward_funcs,
         args=config_class(**settings),
         train_dataset=addition_dataset(),
         processing_class=tokenizer,
