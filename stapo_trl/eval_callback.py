@@ -148,7 +148,10 @@ class BenchmarkEvalCallback(TrainerCallback):
 
     def _transformers_generator(self, model, tokenizer) -> TransformersGenerator:
         return TransformersGenerator(
-            model, tokenizer, max_batch_sequences=self.max_batch_sequences, chat_template_kwargs=self.chat_template_kwargs
+            model,
+            tokenizer,
+            max_batch_sequences=self.max_batch_sequences,
+            chat_template_kwargs=self.chat_template_kwargs,
         )
 
     def evaluate(self, step: int = 0) -> dict[str, float]:

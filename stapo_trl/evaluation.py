@@ -1078,7 +1078,7 @@ class EvalConfig:
         known = list(BENCHMARKS)
         benchmarks = [str(b).strip().lower() for b in self.benchmarks]
         if len(benchmarks) == 1 and benchmarks[0] == "all":
-            benchmarks = [b for b in BENCHMARK_ORDER if b in BENCHMARKS] + [b for b in known if b not in BENCHMARK_ORDER]
+            benchmarks = _order(known)
         if not benchmarks:
             raise ValueError(f"--benchmarks: select at least one of: {', '.join(known)} (or 'all')")
         unknown = [b for b in benchmarks if b not in BENCHMARKS]
@@ -1332,6 +1332,7 @@ class PreparedEvaluation:
     tasks: list[BenchmarkTask]
     tokenizer: Any
     format_prompt_fn: Callable[[Any], str]
+    pending_samples: int  # samples still to generate (0: the results can be rebuilt without a model)
 
 
 def prepare_evaluation(config: EvalConfig, tokenizer=None) -> PreparedEvaluation:
@@ -1367,10 +1368,19 @@ def prepare_evaluation(config: EvalConfig, tokenizer=None) -> PreparedEvaluation
         return format_prompt(prompt, tokenizer, chat_template_kwargs)
 
     store = SampleStore(output_dir, settings)
+    pending = 0
     for task in tasks:
         for problem, (prompt, gold) in enumerate(zip(task.prompts, task.answers, strict=True)):
             store.check_problem(task.name, problem, format_fn(prompt), str(gold))
-    return PreparedEvaluation(config, backend, revision, output_dir, settings, tasks, tokenizer, format_fn)
+            pending += sum((task.name, problem, s) not in store.records for s in range(task.n))
+    return PreparedEvaluation(config, backend, revision, output_dir, settings, tasks, tokenizer, format_fn, pending)
+
+
+class _NothingToGenerate:
+    """The generator of a finished run: the results are rebuilt from the stored samples, no model is loaded."""
+
+    def generate(self, prompts, n, params):
+        raise RuntimeError("every sample is already in the output directory; nothing should be generated")
 
 
 def evaluate_model(
@@ -1382,7 +1392,9 @@ def evaluate_model(
     prepared = config if isinstance(config, PreparedEvaluation) else prepare_evaluation(config)
     config = prepared.config
     owns_generator = generator is None
-    if generator is None:
+    if generator is None and prepared.pending_samples == 0:
+        generator = _NothingToGenerate()
+    elif generator is None:
         generator = build_generator(config, prepared.model_revision, tokenizer=prepared.tokenizer)
     metadata = {
         "run_name": config.run_name or _default_run_name(config),
