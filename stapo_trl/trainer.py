@@ -1,8 +1,11 @@
 """`STAPOTrainer`: TRL's `GRPOTrainer` with spurious tokens silenced (S2T) and the loss renormalised."""
 
+import json
+import os
 import textwrap
 
 import torch
+from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
 from .config import STAPOConfig
@@ -26,6 +29,10 @@ _LOSS_INPUT_KEYS = ("old_per_token_logps", "ref_per_token_logps", "importance_sa
 # Loss types whose denominator is TRL's global token count `num_items_in_batch`.
 _GLOBAL_TOKEN_MEAN_LOSSES = ("dapo", "cispo", "vespo")
 ENTROPY_PERCENTILES = {"stapo/entropy_p10": 0.1, "stapo/entropy_p50": 0.5, "stapo/entropy_p90": 0.9}
+SPURIOUS_TOKENS_FILE = "spurious_tokens.jsonl"
+SPURIOUS_TOKEN_COLUMNS = ("step", "token", "context", "prob", "entropy", "advantage")
+# Tokens of text shown before a silenced token in its record.
+SPURIOUS_TOKEN_CONTEXT = 32
 
 
 class STAPOTrainer(GRPOTrainer):
@@ -78,6 +85,8 @@ class STAPOTrainer(GRPOTrainer):
         # The policy's outputs for the loss, computed once by `_compute_loss` and handed back to TRL's loss.
         self._loss_forward = None
         self._loss_entropy_mask = None
+        # Silenced tokens of the current recording step, as plain Python values, until the next log.
+        self._spurious_token_records = []
         super().__init__(model, reward_funcs, args, *positional, **kwargs)
 
     def _compute_loss(self, model, inputs):
@@ -148,6 +157,8 @@ class STAPOTrainer(GRPOTrainer):
                     loss_inputs[key] = value.nan_to_num(0.0, 0.0, 0.0)
 
         self._log_s2t_metrics(mode, counts, found.entropy_threshold, entropies.detach()[scored])
+        if mode == "train" and self._is_recording_step():
+            self._record_spurious_tokens(inputs, silenced, per_token_logps, entropies, advantages)
 
         self._loss_forward = (per_token_logps, entropies, aux_loss)
         self._loss_entropy_mask = entropy_mask
@@ -156,6 +167,111 @@ class STAPOTrainer(GRPOTrainer):
         finally:
             self._loss_forward = None
             self._loss_entropy_mask = None
+
+    def _is_recording_step(self):
+        every = self.args.spurious_token_log_steps
+        return every > 0 and (self.state.global_step + 1) % every == 0  # global_step counts finished steps
+
+    def _record_spurious_tokens(self, inputs, silenced, per_token_logps, entropies, advantages):
+        """Keep the silenced tokens of this micro-batch (up to `spurious_token_log_max` per process and step)."""
+        room = self.args.spurious_token_log_max - len(self._spurious_token_records)
+        if room <= 0 or not silenced.any():
+            return
+        prompt_length = inputs["prompt_ids"].size(1)
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1).bool()
+        advantages = advantages if advantages.dim() == 2 else advantages.unsqueeze(1).expand_as(silenced)
+        for row, position in silenced.nonzero().tolist()[:room]:
+            end = prompt_length + position
+            context = input_ids[row, :end][attention_mask[row, :end]][-SPURIOUS_TOKEN_CONTEXT:]
+            self._spurious_token_records.append(
+                {
+                    "step": self.state.global_step + 1,
+                    "token_id": input_ids[row, end].item(),
+                    "context_ids": context.tolist(),
+                    "prob": per_token_logps[row, position].detach().exp().item(),
+                    "entropy": entropies[row, position].item(),
+                    "advantage": advantages[row, position].item(),
+                }
+            )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        super().log(logs, start_time)
+        if self.args.spurious_token_log_steps > 0:  # the same on every process: gather_object is a collective
+            self._write_spurious_tokens()
+
+    def _write_spurious_tokens(self):
+        """Append the recorded silenced tokens to `spurious_tokens.jsonl` and, with W&B, log them as a table."""
+        records, self._spurious_token_records = gather_object(self._spurious_token_records), []
+        if not self.accelerator.is_main_process or not records:
+            return
+        per_step = {}
+        for record in records:
+            per_step.setdefault(record["step"], []).append(record)
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        rows = []
+        for step_records in per_step.values():
+            for record in step_records[: self.args.spurious_token_log_max]:
+                rows.append(
+                    {
+                        "step": record["step"],
+                        "token": tokenizer.decode([record["token_id"]]),
+                        "context": tokenizer.decode(record["context_ids"]),
+                        "prob": record["prob"],
+                        "entropy": record["entropy"],
+                        "advantage": record["advantage"],
+                        "token_id": record["token_id"],
+                    }
+                )
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, SPURIOUS_TOKENS_FILE), "a", encoding="utf-8") as file:
+            for row in rows:
+                file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if "wandb" in self.args.report_to:
+            import wandb
+
+            if wandb.run is not None:
+                table = wandb.Table(columns=list(SPURIOUS_TOKEN_COLUMNS))
+                for row in rows:
+                    table.add_data(*(row[column] for column in SPURIOUS_TOKEN_COLUMNS))
+                wandb.log({"stapo/spurious_tokens": table}, commit=False)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's model card, followed by the S2T settings and, when they exist, the evaluation results."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        from .evaluation import results_markdown
+
+        args = self.args
+        tau_h = (
+            f"{args.spurious_entropy_threshold} nats (absolute)"
+            if args.spurious_entropy_threshold is not None
+            else f"{args.spurious_entropy_quantile}-quantile of the candidates' entropies"
+        )
+        sections = [
+            "## STAPO settings",
+            "",
+            "| setting | value |",
+            "|---|---|",
+            f"| S2T (silence spurious tokens) | {'on' if args.silence_spurious_tokens else 'off'} |",
+            f"| tau_p (probability threshold) | {args.spurious_prob_threshold} |",
+            f"| tau_h (entropy threshold) | {tau_h} |",
+            f"| loss_type | {args.loss_type} |",
+            f"| clip range (epsilon, epsilon_high) | {args.epsilon}, {args.epsilon_high} |",
+            f"| beta (KL) | {args.beta} |",
+            f"| top_entropy_quantile | {args.top_entropy_quantile} |",
+            f"| learning_rate | {args.learning_rate} |",
+            f"| num_generations | {args.num_generations} |",
+            f"| max_completion_length | {args.max_completion_length} |",
+            f"| temperature | {args.temperature} |",
+        ]
+        results = results_markdown(args.output_dir)
+        if results:
+            sections += ["", "## Evaluation", "", results]
+        path = os.path.join(args.output_dir, "README.md")
+        with open(path, "a", encoding="utf-8") as file:
+            file.write("\n" + "\n".join(sections) + "\n")
 
     def _kept_num_items(self, inputs, num_kept, num_loss_tokens, mode):
         """`num_items_in_batch` such that TRL's token-mean denominator counts only the kept tokens.

@@ -1,5 +1,7 @@
 """STAPOTrainer.train() on the tiny model: it learns, logs the STAPO metrics, checkpoints and resumes."""
 
+import json
+
 import torch
 from conftest import build_trainer, digit_count_reward, tiny_model, tiny_tokenizer
 
@@ -39,3 +41,31 @@ def test_train_checkpoint_and_resume(tmp_path):
     steps = [entry["step"] for entry in resumed.state.log_history if "loss" in entry]
     assert steps == [1, 2, 3]
     assert (tmp_path / "checkpoint-3" / "model.safetensors").exists()
+
+
+def test_silenced_tokens_are_recorded_and_model_card_has_settings(tmp_path):
+    trainer = build_trainer(
+        STAPOTrainer,
+        STAPOConfig,
+        tmp_path,
+        max_steps=2,
+        spurious_token_log_steps=2,
+        spurious_token_log_max=5,
+        **{**SETTINGS, "save_strategy": "no"},
+    )
+    trainer.train()
+    lines = (tmp_path / "spurious_tokens.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert 1 <= len(records) <= 5
+    vocabulary = set(trainer.processing_class.get_vocab())
+    for record in records:
+        assert record["step"] == 2  # only every 2nd step is recorded
+        assert record["token"] in vocabulary
+        assert record["context"].startswith("What is")  # the prompt (and completion so far) precede the token
+        assert 0 < record["prob"] < 0.05 and record["entropy"] > 0 and record["advantage"] > 0
+
+    (tmp_path / "eval_results.json").write_text("not json")  # unreadable results are skipped, not fatal
+    trainer.create_model_card(model_name="tiny")
+    card = (tmp_path / "README.md").read_text()
+    assert "STAPO" in card and "2602.15620" in card
+    assert "| tau_p (probability threshold) | 0.05 |" in card
