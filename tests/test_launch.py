@@ -1,0 +1,135 @@
+"""train.py: parsing, method presets, preflights and a short real run on a local tiny model."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_model, tiny_tokenizer
+
+from stapo_trl import launch
+from stapo_trl.launch import configure_wandb, hub_preflight, main, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "fixtures" / "datasets" / "dapo-math-17k.jsonl"
+
+
+def test_model_alias_and_paper_defaults():
+    script_args, args, model_args = parse_args(["--model", "Qwen/Qwen3-8B-Base"])
+    assert model_args.model_name_or_path == "Qwen/Qwen3-8B-Base"
+    assert script_args.method == "stapo" and script_args.dataset_name == "dapo-math-17k"
+    assert script_args.reward == "boxed"
+    assert args.silence_spurious_tokens and args.spurious_prob_threshold == 0.002
+    assert args.spurious_entropy_quantile == 0.75
+    assert (args.loss_type, args.epsilon, args.epsilon_high, args.beta) == ("dapo", 0.2, 0.28, 0.0)
+    assert (args.learning_rate, args.weight_decay, args.warmup_steps) == (1e-6, 0.1, 10)
+    assert args.lr_scheduler_type == "constant_with_warmup"
+    assert (args.generation_batch_size, args.num_generations, args.max_completion_length) == (2048, 8, 15360)
+    # one process: 512 completions (64 prompts) per optimizer step, 4 updates per generation batch
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 512
+    assert args.steps_per_generation // args.gradient_accumulation_steps == 4
+    assert args.output_dir == os.path.join("outputs", "Qwen3-8B-Base", "stapo")
+    assert args.run_name == "stapo-Qwen3-8B-Base"
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ("justrl", {"silence_spurious_tokens": False, "loss_type": "dapo", "top_entropy_quantile": 1.0}),
+        ("entropy20", {"silence_spurious_tokens": False, "top_entropy_quantile": 0.2, "renormalize_entropy_mask": True}),
+        ("grpo", {"silence_spurious_tokens": False, "loss_type": "grpo", "epsilon_high": 0.2, "beta": 0.04}),
+    ],
+)
+def test_method_presets(method, expected):
+    _, args, _ = parse_args(["--model", "m/x", "--method", method])
+    assert {name: getattr(args, name) for name in expected} == expected
+    assert args.run_name == f"{method}-x"
+
+
+def test_explicit_flags_override_preset_and_recipe(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("method: grpo\nmodel_name_or_path: m/base\nbeta: 0.01\nlearning_rate: 3.0e-6\n")
+    _, args, model_args = parse_args(["--config", str(recipe)])
+    assert args.loss_type == "grpo" and args.beta == 0.01 and args.learning_rate == 3e-6  # recipe beats preset
+    _, args, _ = parse_args(["--config", str(recipe), "--beta", "0.0", "--model", "m/other"])
+    assert args.beta == 0.0  # command line beats recipe
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "m/x", "--method", "ppo"], "method must be one of stapo, justrl, entropy20, grpo"),
+        (["--model", "m/x", "--reward", "f1"], "reward must be one of boxed, accuracy"),
+        (["--model", "m/x", "--spurious_prob_threshold", "0"], "spurious_prob_threshold must be in (0, 1]"),
+        (["--model", "m/x", "--spurious_entropy_quantile", "1.5"], "spurious_entropy_quantile must be in [0, 1]"),
+        (["--model", "m/x", "--eval_benchmarks", "gsm8k"], "eval_benchmarks: unknown ['gsm8k']"),
+        (["--method", "stapo"], "model_name_or_path (or --model) is required"),
+        (["--config", "nope.yaml"], "no such recipe file"),
+    ],
+)
+def test_bad_arguments_fail_with_the_field_name(argv, message):
+    with pytest.raises((ValueError, FileNotFoundError)) as error:
+        parse_args(argv)
+    assert message in str(error.value)
+
+
+def test_unknown_dataset_fails_before_any_download(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "_run", lambda *args: pytest.fail("the run must not start"))
+    with pytest.raises(ValueError, match="dapo-math-18k"):
+        main(["--model", "m/x", "--dataset_name", "dapo-math-18k", "--output_dir", str(tmp_path), "--report_to", "none"])
+
+
+def test_hub_preflight_fails_fast_offline(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "_run", lambda *args: pytest.fail("the model must not be loaded"))
+    with pytest.raises(ConnectionError, match="HF_HUB_OFFLINE=1"):
+        main(
+            ["--model", "m/x", "--output_dir", str(tmp_path), "--report_to", "none", "--push_to_hub",
+             "--hub_model_id", "me/stapo-test"]
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="hub_model_id"):
+        hub_preflight(None)
+
+
+def test_wandb_falls_back_to_offline(tmp_path, monkeypatch, capsys):
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_PROJECT", "WANDB_TAGS", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    script_args, args, _ = parse_args(["--model", "m/x", "--output_dir", str(tmp_path), "--wandb_group", "g"])
+    assert args.report_to == ["wandb"]
+    configure_wandb(script_args, args, "x")
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert os.environ["WANDB_TAGS"] == "stapo-trl,stapo,x" and os.environ["WANDB_RUN_GROUP"] == "g"
+    assert "wandb sync" in capsys.readouterr().out
+
+    monkeypatch.setenv("WANDB_MODE", "online")  # an explicit choice is respected
+    configure_wandb(script_args, args, "x")
+    assert os.environ["WANDB_MODE"] == "online"
+
+
+def test_short_run_on_a_local_model(tmp_path):
+    model_dir = tmp_path / "tiny"
+    tokenizer = tiny_tokenizer()
+    tiny_model(tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    output_dir = tmp_path / "run"
+    argv = [
+        "--model", str(model_dir), "--method", "stapo", "--dataset_name", "dapo-math-17k",
+        "--dataset_path", str(FIXTURE), "--output_dir", str(output_dir), "--report_to", "none",
+        "--bf16", "false", "--use_cpu", "true", "--per_device_train_batch_size", "4", "--generation_batch_size", "4",
+        "--gradient_accumulation_steps", "1", "--num_generations", "2", "--max_completion_length", "4",
+        "--max_steps", "2", "--save_steps", "1", "--spurious_prob_threshold", "0.05", "--spurious_token_log_steps",
+        "1", "--activation_checkpointing", "false", "--dtype", "float32",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *argv], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "per optimizer step  2 prompts = 4 completions" in completed.stdout
+    state = json.loads((output_dir / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert any("stapo/masked_frac" in entry for entry in state["log_history"])
+    assert (output_dir / "model.safetensors").exists()
+    assert "STAPO settings" in (output_dir / "README.md").read_text()
