@@ -107,6 +107,14 @@ class STAPOConfig(GRPOConfig):
         super().__post_init__()
         self._validate_stapo_fields()
 
+    def __getstate__(self):
+        # Checkpoints pickle the arguments (training_args.bin): never with a secret in them.
+        state = dict(self.__dict__)
+        for name in state:
+            if name.endswith("_token") and state[name] is not None:
+                state[name] = None
+        return state
+
     def _validate_stapo_fields(self):
         if not 0.0 < self.spurious_prob_threshold <= 1.0:
             raise ValueError(
@@ -125,6 +133,10 @@ class STAPOConfig(GRPOConfig):
         if self.loss_type not in SUPPORTED_LOSS_TYPES:
             raise ValueError(
                 f"loss_type must be one of {', '.join(SUPPORTED_LOSS_TYPES)}, got {self.loss_type!r}."
+            )
+        if self.max_completion_length is not None and self.max_completion_length <= 0:
+            raise ValueError(
+                f"max_completion_length must be a positive number of tokens, got {self.max_completion_length}."
             )
         if self.use_liger_kernel:
             raise ValueError(

@@ -12,6 +12,7 @@ import netrc
 import os
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,6 +184,22 @@ def parse_args(argv: list[str] | None = None):
     return parser.parse_args_and_config(args=argv)
 
 
+def redact_secrets(argv: list[str]) -> list[str]:
+    """`argv` with the values of `--*_token` flags replaced, so trackers that record the command line (W&B does)
+    never see a secret."""
+    redacted, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            redacted.append("<redacted>")
+            hide_next = False
+        elif arg.startswith("--") and arg.split("=", 1)[0].replace("-", "_").endswith("_token"):
+            hide_next = "=" not in arg
+            redacted.append(arg if hide_next else arg.split("=", 1)[0] + "=<redacted>")
+        else:
+            redacted.append(arg)
+    return redacted
+
+
 def resolved_summary(script_args: ScriptArguments, args: STAPOConfig, model_args: ModelArguments) -> str:
     """The settings that decide a run, with the batch arithmetic spelled out."""
     world = args.world_size
@@ -280,7 +297,7 @@ def configure_wandb(script_args: ScriptArguments, args: STAPOConfig, model_label
 
 
 def resume_checkpoint(args: STAPOConfig) -> str | None:
-    """`--resume_from_checkpoint true` means the latest checkpoint of output_dir."""
+    """The checkpoint to resume from (`true` = the latest of output_dir), checked to be complete and readable."""
     from transformers.trainer_utils import get_last_checkpoint
 
     value = args.resume_from_checkpoint
@@ -290,10 +307,60 @@ def resume_checkpoint(args: STAPOConfig) -> str | None:
         last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
         if last is None:
             raise FileNotFoundError(f"resume_from_checkpoint=true but {args.output_dir!r} has no checkpoint-* folder.")
-        return last
+        value = last
     if not os.path.isdir(value):
         raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint folder {value!r}.")
+    check_checkpoint(value)
     return value
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated or unreadable."""
+
+
+def check_checkpoint(checkpoint: str) -> None:
+    """Read the headers of a checkpoint's files (nothing is unpickled) and name the first bad one."""
+    folder = Path(checkpoint)
+    problems = []
+    state_file = folder / "trainer_state.json"
+    try:
+        json.loads(state_file.read_text())
+    except (OSError, ValueError) as error:
+        problems.append((state_file, error))
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights and not any(folder.glob("global_step*")):  # DeepSpeed keeps its states in global_step*/
+        problems.append((folder / "model.safetensors", "no model weights (*.safetensors) in the checkpoint"))
+    for path in weights:
+        try:
+            if path.stat().st_size < _safetensors_data_end(path):
+                raise ValueError("the file is shorter than its header says")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            problems.append((path, error))
+    for path in (folder / "optimizer.pt", folder / "scheduler.pt"):
+        if path.exists() and not zipfile.is_zipfile(path):
+            problems.append((path, "not a complete torch archive"))
+    if problems:
+        path, error = problems[0]
+        step = _checkpoint_step(folder)
+        earlier = sorted(
+            (p for p in folder.parent.glob("checkpoint-*") if -1 < _checkpoint_step(p) < step), key=_checkpoint_step
+        )
+        hint = f" Resume from the previous one: --resume_from_checkpoint {earlier[-1]}" if earlier else ""
+        raise CorruptCheckpointError(f"checkpoint {folder}: {path.name} is truncated or corrupted ({error}).{hint}")
+
+
+def _checkpoint_step(folder: Path) -> int:
+    suffix = folder.name.rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def _safetensors_data_end(path: Path) -> int:
+    """The file size a safetensors file must have: 8 + header length + the largest tensor end offset."""
+    with open(path, "rb") as file:
+        header_length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(header_length))
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    return 8 + header_length + max(ends, default=0)
 
 
 def load_training_prompts(script_args: ScriptArguments, tokenizer):
@@ -340,6 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
     from accelerate import PartialState
 
     script_args, args, model_args = parse_args(argv)
+    sys.argv[1:] = redact_secrets(sys.argv[1:])
     state = PartialState()
     if state.is_main_process:
         print(resolved_summary(script_args, args, model_args), flush=True)

@@ -9,6 +9,7 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
 from .config import STAPOConfig
+from .rewards import PROBLEM_KEYS, reward_problem_counts
 from .s2t import find_spurious_tokens, global_quantiles, nonfinite_tokens
 
 # Optional model inputs that `GRPOTrainer._compute_loss` forwards to the policy (TRL 1.16).
@@ -196,9 +197,19 @@ class STAPOTrainer(GRPOTrainer):
             )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training:
+            self._add_grading_problems(logs)
         super().log(logs, start_time)
         if self.args.spurious_token_log_steps > 0:  # the same on every process: gather_object is a collective
             self._write_spurious_tokens()
+
+    def _add_grading_problems(self, logs):
+        """Completions the math reward scored as wrong because of a problem (no box, timeout, ...), all processes."""
+        counts = reward_problem_counts()
+        local = torch.tensor([counts[key] for key in PROBLEM_KEYS], dtype=torch.float64, device=self.accelerator.device)
+        totals = self.accelerator.reduce(local, reduction="sum")
+        for key, total in zip(PROBLEM_KEYS, totals.tolist(), strict=True):
+            logs[f"rewards/grading_problems/{key}"] = total
 
     def _write_spurious_tokens(self):
         """Append the recorded silenced tokens to `spurious_tokens.jsonl` and, with W&B, log them as a table."""
