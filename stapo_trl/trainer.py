@@ -143,7 +143,7 @@ class STAPOTrainer(GRPOTrainer):
             ).double(),  # exact token counts beyond 2**24
             reduction="sum",
         )
-        num_loss_tokens, num_scored, num_kept = counts[0], counts[1], counts[2]
+        num_loss_tokens, num_kept = counts[0], counts[2]
 
         loss_inputs = dict(inputs)
         if num_kept < num_loss_tokens:  # the same decision on every process: the counts are global

@@ -21,7 +21,7 @@ def tiny_tokenizer():
     return build_char_tokenizer([TASK_CHARACTERS])
 
 
-def tiny_model(tokenizer, seed=0):
+def tiny_model(tokenizer, seed=0, max_position_embeddings=128):
     return build_tiny_qwen3(
         tokenizer,
         hidden_size=32,
@@ -29,6 +29,7 @@ def tiny_model(tokenizer, seed=0):
         num_attention_heads=2,
         num_key_value_heads=1,
         intermediate_size=64,
+        max_position_embeddings=max_position_embeddings,
         seed=seed,
     )
 

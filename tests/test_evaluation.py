@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_model
+
 from stapo_trl import evaluation as ev
 from stapo_trl.evaluate import main
-from stapo_trl.tiny import build_char_tokenizer, build_tiny_qwen3
+from stapo_trl.tiny import build_char_tokenizer
 
 TESTS = Path(__file__).parent
 FIXTURES = TESTS / "fixtures"
@@ -448,18 +450,6 @@ def test_model_revision_is_local_or_the_hub_commit(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def small_model(tokenizer, max_positions=4096):
-    return build_tiny_qwen3(
-        tokenizer,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=max_positions,
-    )
-
-
 @pytest.fixture(scope="module")
 def char_tokenizer():
     return build_char_tokenizer(["What is 0123456789+? \\boxed{}abcdefghijklmnopqrstuvwxyz.,\n"])
@@ -479,7 +469,7 @@ def test_format_prompt_plain_text_and_chat_template(char_tokenizer):
 
 
 def test_transformers_generator_samples_with_exactly_the_given_settings(char_tokenizer):
-    model = small_model(char_tokenizer)
+    model = tiny_model(char_tokenizer, max_position_embeddings=4096)
     model.train()
     # Filters in the model's generation config (e.g. Qwen3's top_k=20) must not leak into the protocol's sampling.
     model.generation_config.top_k = 1
@@ -553,10 +543,7 @@ def test_vllm_generator_around_a_stand_in_vllm(char_tokenizer, monkeypatch):
     ]
 
 
-SLOW = pytest.mark.skipif(not os.environ.get("STAPO_SLOW_TESTS"), reason="slow; set STAPO_SLOW_TESTS=1 to run")
-
-
-@pytest.mark.parametrize("start_method", ["fork", pytest.param("spawn", marks=SLOW)])
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_data_parallel_generator_splits_and_reassembles(monkeypatch, start_method):
     # Spawned workers import the generator's module by name (sys.path is passed on). Spawn (the default, needed
     # with CUDA) costs each worker the import of the package; fork checks the same logic in a fraction of a second.
@@ -592,7 +579,7 @@ def tiny_model_dir(tmp_path_factory):
     corpus = [path.read_text() for path in sorted(DATASETS.glob("*.jsonl"))] + ["\\boxed{}0123456789"]
     tokenizer = build_char_tokenizer(corpus)
     directory = tmp_path_factory.mktemp("tiny-model")
-    small_model(tokenizer).save_pretrained(directory)
+    tiny_model(tokenizer, max_position_embeddings=4096).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
