@@ -105,9 +105,8 @@ class STAPOTrainer(GRPOTrainer):
         )
         loss_mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
         advantages = inputs["advantages"]
-        loss_inputs = {key: inputs.get(key) for key in _LOSS_INPUT_KEYS}
-
-        nonfinite = nonfinite_tokens(loss_mask, per_token_logps, entropies, advantages, *loss_inputs.values())
+        sampler_values = [inputs.get(key) for key in _LOSS_INPUT_KEYS]
+        nonfinite = nonfinite_tokens(loss_mask, per_token_logps, entropies, advantages, *sampler_values)
         scored = loss_mask.bool() & ~nonfinite
         entropy_mask = None
         if self.top_entropy_quantile < 1.0:
