@@ -410,3 +410,119 @@ class DemoMetricsCallback(TrainerCallback):
         os.makedirs(output_dir, exist_ok=True)
         stem = os.path.splitext(self.filename)[0]
         write_metrics_csv(self.records, os.path.join(output_dir, f"{stem}.csv"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Measured settings and the entry point of train.py
+# --------------------------------------------------------------------------------------------------------------
+
+# The supervised warm start of the demo (see `warm_start`); measured values, see `demo_settings`.
+DEMO_WARM_START: dict[str, Any] = dict(
+    target_accuracy=0.25,
+    max_steps=1500,
+    lr=1e-3,
+    batch_size=64,
+    eval_every=25,
+    eval_limit=250,
+)
+DEMO_NUM_EVAL = 500
+
+
+def demo_settings(**overrides: Any) -> dict[str, Any]:
+    """`STAPOConfig` field values of the demo's RL run: `STAPOConfig(**demo_settings(output_dir=...))`.
+
+    Measured on a 2-core CPU machine (see the module docstring of `stapo_trl.demo` and DESIGN.md): 16 prompts x 8
+    completions per step in one micro-batch, DAPO loss without KL, 0/1 accuracy reward, temperature 1.0, learning
+    rate 1e-4 decaying linearly to 0. `overrides` replace or add fields; an unknown field raises `TypeError`.
+    """
+    from .config import STAPOConfig
+
+    settings: dict[str, Any] = dict(
+        output_dir="outputs/demo",
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        seed=0,
+        # STAPO objective (the paper's): DAPO token-mean loss, clip-higher, no KL.
+        loss_type="dapo",
+        beta=0.0,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        max_grad_norm=1.0,
+        # Rollouts: 16 prompts x 8 completions per optimizer step, one update per rollout batch.
+        num_generations=8,
+        per_device_train_batch_size=128,
+        gradient_accumulation_steps=1,
+        max_completion_length=MAX_COMPLETION_LENGTH,
+        temperature=1.0,
+        top_p=1.0,
+        # Optimisation.
+        learning_rate=1e-4,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        max_steps=150,
+        # S2T.
+        silence_spurious_tokens=True,
+        spurious_prob_threshold=0.002,
+        spurious_entropy_quantile=0.75,
+        # Logging: every step, no checkpoints (the demo saves the final model itself if it wants to).
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=False,
+    )
+    unknown = set(overrides) - {f for f in STAPOConfig.__dataclass_fields__}
+    if unknown:
+        raise TypeError(f"Unknown STAPOConfig field(s) in demo_settings overrides: {', '.join(sorted(unknown))}.")
+    settings.update(overrides)
+    return settings
+
+
+def evaluate_demo(model, tokenizer: PreTrainedTokenizerBase, eval_ds, seed: int = 0) -> dict[str, float]:
+    """Held-out accuracy: `{"greedy": ..., "sampled": ...}` (one sample per problem at temperature 1.0).
+
+    Greedy accuracy is the headline number; sampled accuracy at the training temperature lags behind it.
+    """
+    return {
+        "greedy": greedy_accuracy(model, tokenizer, eval_ds),
+        "sampled": sampled_accuracy(model, tokenizer, eval_ds, temperature=1.0, seed=seed),
+    }
+
+
+def prepare_demo(
+    output_dir: str | os.PathLike = "outputs/demo",
+    seed: int = 0,
+    num_eval: int = DEMO_NUM_EVAL,
+    target_accuracy: float | None = DEMO_WARM_START["target_accuracy"],
+    warm_start_max_steps: int = DEMO_WARM_START["max_steps"],
+    warm_start_lr: float = DEMO_WARM_START["lr"],
+    progress: bool = True,
+):
+    """Build everything the demo's RL run needs: `(model, tokenizer, train_ds, eval_ds, info)`.
+
+    Builds the tokenizer, the model (seeded) and the disjoint splits, warm-starts the model (see `warm_start`) and
+    measures its held-out accuracy, the "before" of the RL run. `info` holds `warm_start` (what `warm_start`
+    returned), `accuracy_before_rl` (`evaluate_demo`), the sizes of the splits and the model, and `seconds`;
+    it is also written to `<output_dir>/warm_start.json`.
+    """
+    from transformers import set_seed
+
+    start = time.perf_counter()
+    set_seed(seed)
+    tokenizer = build_demo_tokenizer()
+    model = build_demo_model(tokenizer, seed=seed)
+    train_ds, eval_ds = make_demo_datasets(seed=seed, num_eval=num_eval)
+    settings = dict(DEMO_WARM_START, max_steps=warm_start_max_steps, lr=warm_start_lr, target_accuracy=target_accuracy)
+    info: dict[str, Any] = {
+        "seed": seed,
+        "num_train": len(train_ds),
+        "num_eval": len(eval_ds),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "warm_start_settings": settings,
+    }
+    info["warm_start"] = warm_start(model, tokenizer, train_ds, eval_ds, seed=seed, progress=progress, **settings)
+    info["accuracy_before_rl"] = evaluate_demo(model, tokenizer, eval_ds, seed=seed)
+    info["seconds"] = round(time.perf_counter() - start, 2)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "warm_start.json"), "w", encoding="utf-8") as handle:
+        json.dump(info, handle, indent=2)
+    return model, tokenizer, train_ds, eval_ds, info
