@@ -214,3 +214,29 @@ def _numeric_keys(runs) -> list[str]:
                 if _number(value) is not None:
                     keys.append(key)
     return keys
+
+
+def metric_filename(key: str) -> str:
+    """A file-name-safe stem for a metric key: `stapo/masked_frac` -> `stapo_masked_frac`."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+
+
+def plot_each_metric(
+    runs: Mapping[str, Metrics] | Metrics,
+    output_dir: str | os.PathLike,
+    keys: Sequence[str] = DEFAULT_KEYS,
+    smooth: int = 0,
+) -> list[str]:
+    """One PNG per metric, `<output_dir>/<key with / as _>.png` (e.g. `stapo_masked_frac.png`); returns the paths.
+
+    `runs` is `{label: metrics}` or the metrics of a single run (a path or a list of dicts).
+    """
+    if not isinstance(runs, Mapping):
+        runs = {"run": runs}
+    runs = {label: load_metrics(metrics) for label, metrics in runs.items()}
+    paths = []
+    for key in keys:
+        path = os.path.join(os.fspath(output_dir), f"{metric_filename(key)}.png")
+        plot_runs(runs, keys=[key], output_path=path, smooth=smooth)
+        paths.append(path)
+    return paths

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from stapo_trl import demo
-from stapo_trl.plots import load_metrics, metric_series, plot_runs, plot_training_curves, smooth_values
+from stapo_trl.plots import (
+    load_metrics,
+    metric_filename,
+    metric_series,
+    plot_each_metric,
+    plot_runs,
+    plot_training_curves,
+    smooth_values,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -316,3 +324,12 @@ def test_metric_series_and_smoothing():
     assert metric_series(records, "reward") == ([2.0, 3.0], [1.0, 3.0])
     assert smooth_values([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert smooth_values([1.0, 2.0], 0) == [1.0, 2.0]
+
+
+def test_plot_each_metric_writes_one_png_per_key(tmp_path):
+    records = [{"step": s, "reward": s / 10, "entropy": 1.0, "stapo/masked_frac": 0.0} for s in range(1, 6)]
+    paths = plot_each_metric(records, tmp_path)
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["reward.png", "entropy.png", "stapo_masked_frac.png"]
+    for path in paths:
+        _assert_png(tmp_path / path.rsplit("/", 1)[-1])
+    assert metric_filename("rewards/accuracy_reward/mean") == "rewards_accuracy_reward_mean"
