@@ -99,6 +99,12 @@ class ScriptArguments:
         default=False,
         metadata={"help": "Run the CPU demo: a tiny local model learns addition (see recipes/demo_cpu.yaml)."},
     )
+    demo_warm_start_steps: int = field(
+        default=1500, metadata={"help": "Demo: most supervised warm-start steps (it stops earlier at the target)."}
+    )
+    demo_target_accuracy: float = field(
+        default=0.25, metadata={"help": "Demo: held-out greedy accuracy at which the warm start stops."}
+    )
     wandb_project: str | None = field(default=None, metadata={"help": "W&B project (default: 'stapo')."})
     wandb_entity: str | None = field(default=None, metadata={"help": "W&B entity (user or team)."})
     wandb_group: str | None = field(default=None, metadata={"help": "W&B run group."})
@@ -127,6 +133,10 @@ class ScriptArguments:
             raise ValueError(f"eval_benchmarks: unknown {unknown}; accepted: {', '.join(BENCHMARKS)}.")
         if self.eval_steps_benchmarks < 0:
             raise ValueError(f"eval_steps_benchmarks must be >= 0, got {self.eval_steps_benchmarks}.")
+        if self.demo_warm_start_steps < 0:
+            raise ValueError(f"demo_warm_start_steps must be >= 0, got {self.demo_warm_start_steps}.")
+        if not 0.0 <= self.demo_target_accuracy <= 1.0:
+            raise ValueError(f"demo_target_accuracy must be in [0, 1], got {self.demo_target_accuracy}.")
         if self.eval_steps_benchmarks > 0 and not self.eval_benchmarks:
             raise ValueError("eval_steps_benchmarks is set but eval_benchmarks is empty: name the benchmarks.")
 
@@ -481,32 +491,35 @@ def _run_demo(script_args, args, checkpoint) -> dict:
     from .trainer import STAPOTrainer
 
     started = time.perf_counter()
-    model, tokenizer, train_dataset, eval_dataset, warm_start_info = demo.prepare_demo(args.output_dir, seed=args.seed)
-    accuracy_before = demo.greedy_accuracy(model, tokenizer, eval_dataset)
+    model, tokenizer, train_dataset, eval_dataset, info = demo.prepare_demo(
+        args.output_dir,
+        seed=args.seed,
+        target_accuracy=script_args.demo_target_accuracy,
+        warm_start_max_steps=script_args.demo_warm_start_steps,
+    )
     trainer = STAPOTrainer(
         model=model,
         reward_funcs=reward_function(script_args.reward),
         args=args,
         train_dataset=train_dataset,
         processing_class=tokenizer,
-        callbacks=[demo.DemoMetricsCallback(args.output_dir)],
+        callbacks=[demo.DemoMetricsCallback()],
     )
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(args.output_dir)
-    accuracy_after = demo.greedy_accuracy(trainer.model, tokenizer, eval_dataset)
-    metrics_path = Path(args.output_dir) / "metrics.jsonl"
-    plot_training_curves(metrics_path, Path(args.output_dir) / "training_curves.png")
+    before, after = info["accuracy_before_rl"], demo.evaluate_demo(trainer.model, tokenizer, eval_dataset, args.seed)
+    output_dir = Path(args.output_dir)
+    plot_training_curves(output_dir / "metrics.jsonl", output_dir / "training_curves.png")
     summary = {
-        "held_out_greedy_accuracy_before_rl": accuracy_before,
-        "held_out_greedy_accuracy_after_rl": accuracy_after,
-        "warm_start": warm_start_info,
+        "held_out_accuracy_before_rl": before,
+        "held_out_accuracy_after_rl": after,
+        "warm_start_steps": info["warm_start"].get("steps"),
         "rl_steps": trainer.state.global_step,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    (Path(args.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(
-        f"Held-out greedy accuracy: {accuracy_before:.1%} before RL -> {accuracy_after:.1%} after "
-        f"{summary['rl_steps']} STAPO steps ({summary['seconds']} s in all). Outputs in {args.output_dir}/"
+        f"Held-out greedy accuracy: {before['greedy']:.1%} before RL -> {after['greedy']:.1%} after "
+        f"{summary['rl_steps']} STAPO steps ({summary['seconds']} s in all). Curves: {output_dir / 'training_curves.png'}"
     )
     return summary
-

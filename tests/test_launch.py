@@ -133,3 +133,25 @@ def test_short_run_on_a_local_model(tmp_path):
     assert any("stapo/masked_frac" in entry for entry in state["log_history"])
     assert (output_dir / "model.safetensors").exists()
     assert "STAPO settings" in (output_dir / "README.md").read_text()
+
+
+def test_demo_recipe_runs_a_few_steps(tmp_path):
+    """The README's first command, shortened: warm start, STAPO steps, metrics, plots and the summary."""
+    output_dir = tmp_path / "demo"
+    argv = [
+        "--config", str(REPO / "recipes" / "demo_cpu.yaml"), "--output_dir", str(output_dir), "--max_steps", "2",
+        "--demo_warm_start_steps", "4", "--per_device_train_batch_size", "16", "--save_steps", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *argv], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "Held-out greedy accuracy" in completed.stdout
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert summary["rl_steps"] == 2 and 0.0 <= summary["held_out_accuracy_after_rl"]["greedy"] <= 1.0
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records if "reward" in record] == [1, 2]
+    assert all("stapo/masked_frac" in record for record in records if "reward" in record)
+    for name in ("metrics.csv", "training_curves.png", "model.safetensors", "warm_start.json"):
+        assert (output_dir / name).stat().st_size > 0, name
