@@ -4,8 +4,9 @@ For every seed the demo's supervised warm start (`stapo_trl.demo.prepare_demo`) 
 its RL run from that same warm-started model, so the methods differ only by their settings: the demo's RL settings
 (`stapo_trl.demo.demo_settings`) with each method's preset from `stapo_trl.launch.METHOD_PRESETS` on top. Every run
 logs TRL's and STAPO's metrics each step (`DemoMetricsCallback`) and the held-out greedy accuracy every
-`--eval-every` steps. The figure draws entropy, silenced fraction, reward and held-out accuracy per step on shared
-axes, mean over seeds with the min-max band.
+`--eval-every` steps. The figure draws entropy (TRL's mean over the loss tokens, and the median over all completion
+tokens, which stays comparable when a method drops tokens from the loss), the silenced and candidate fractions,
+reward and held-out accuracy per step on shared axes, mean over seeds with the min-max band.
 
     python benchmarks/miniature.py                                   # 4 methods x 3 seeds (see README for time)
     python benchmarks/miniature.py --seeds 0 --methods stapo grpo --steps 30   # a few minutes
@@ -31,8 +32,10 @@ from _common import REPO_ROOT, RESULTS_DIR, load_average, write_result
 
 METHOD_LABELS = {"stapo": "STAPO", "justrl": "JustRL", "entropy20": "20-Entropy", "grpo": "GRPO"}
 PLOT_KEYS = (
-    ("entropy", "token entropy (nats)"),
+    ("entropy", "TRL `entropy`: mean over loss tokens (nats)\n(20-Entropy: over its kept top-20% only)"),
+    ("stapo/entropy_p50", "median entropy over all completion tokens (nats)"),
     ("stapo/masked_frac", "silenced tokens (fraction)"),
+    ("stapo/candidate_frac", "S2T candidates: A > 0 and p < tau_p (fraction)"),
     ("reward", "mean reward"),
     ("heldout_greedy_accuracy", "held-out greedy accuracy"),
 )
@@ -217,7 +220,7 @@ def aggregate(args) -> dict:
             entry["heldout_accuracy_start"] = [a for a, _ in finals]
             entry["heldout_accuracy_end"] = [b for _, b in finals]
             entry["heldout_accuracy_end_mean"] = statistics.mean(b for _, b in finals)
-        for key in ("entropy", "stapo/masked_frac", "stapo/candidate_frac", "reward"):
+        for key in ("entropy", "stapo/entropy_p50", "stapo/masked_frac", "stapo/candidate_frac", "reward"):
             per_seed = []
             for seed in seeds:
                 values = runs[(method, seed)]["series"].get(key, {})
@@ -236,8 +239,8 @@ def aggregate(args) -> dict:
 def plot(args, aggregated, output_path: Path) -> None:
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(11, 7.5), layout="constrained")
-    axes = figure.subplots(2, 2).ravel()
+    figure = Figure(figsize=(15, 8), layout="constrained")
+    axes = figure.subplots(2, 3).ravel()
     for axis, (key, title) in zip(axes, PLOT_KEYS):
         for index, method in enumerate(args.methods):
             seeds = [seed for seed in args.seeds if (method, seed) in aggregated["runs"]]
