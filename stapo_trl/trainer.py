@@ -138,6 +138,7 @@ class STAPOTrainer(GRPOTrainer):
                     nonfinite.sum(),
                     entropies.detach()[silenced].sum(),
                     per_token_logps.detach()[silenced].exp().sum(),
+                    entropies.detach()[scored].sum(),
                 ]
             ).double(),  # exact token counts beyond 2**24
             reduction="sum",
@@ -145,7 +146,8 @@ class STAPOTrainer(GRPOTrainer):
         num_loss_tokens, num_kept = counts[0], counts[2]
 
         loss_inputs = dict(inputs)
-        if num_kept < num_loss_tokens:  # the same decision on every process: the counts are global
+        masks_loss = bool(num_kept < num_loss_tokens)  # the same decision on every process: the counts are global
+        if masks_loss:
             loss_inputs["tool_mask"] = keep.to(completion_mask.dtype)
             if self.loss_type in _GLOBAL_TOKEN_MEAN_LOSSES:
                 loss_inputs["num_items_in_batch"] = self._kept_num_items(inputs, num_kept, num_loss_tokens, mode)
@@ -163,10 +165,15 @@ class STAPOTrainer(GRPOTrainer):
         self._loss_forward = (per_token_logps, entropies, aux_loss)
         self._loss_entropy_mask = entropy_mask
         try:
-            return super()._compute_loss(model, loss_inputs)
+            loss = super()._compute_loss(model, loss_inputs)
         finally:
             self._loss_forward = None
             self._loss_entropy_mask = None
+        if masks_loss:
+            # TRL averages its `entropy` metric over the loss mask; keep it the entropy of every completion token,
+            # so that runs with and without S2T (or the renormalised 80/20 mask) stay comparable.
+            self._metrics[mode]["entropy"][-1] = (counts[8] / counts[1].clamp(min=1.0)).item()
+        return loss
 
     def _is_recording_step(self):
         every = self.args.spurious_token_log_steps
@@ -316,7 +323,7 @@ class STAPOTrainer(GRPOTrainer):
         return torch.cat([row[:length] for row, length in zip(gathered, lengths.tolist(), strict=True)])
 
     def _log_s2t_metrics(self, mode, counts, entropy_threshold, scored_entropies):
-        (_, num_scored, _, num_candidates, num_silenced, num_nonfinite, silenced_entropy, silenced_prob) = (
+        (_, num_scored, _, num_candidates, num_silenced, num_nonfinite, silenced_entropy, silenced_prob, _) = (
             counts.tolist()
         )
         metrics = self._metrics[mode]

@@ -252,6 +252,10 @@ def test_renormalised_entropy_mask_divides_by_kept_tokens(tmp_path):
     loss_renormalised, _ = loss_and_grads(renormalised, inputs)
     ratio = inputs["completion_mask"].sum() / high.sum()
     assert loss_renormalised.item() == pytest.approx((loss_plain * ratio).item(), rel=1e-6)
+    # the logged entropy stays the mean over every completion token, not over the kept high-entropy ones
+    mask = inputs["completion_mask"].bool()
+    for trainer in (plain, renormalised):
+        assert trainer._metrics["train"]["entropy"][-1] == pytest.approx(entropies[mask].mean().item(), rel=1e-5)
 
 
 def test_vllm_importance_sampling_correction(tmp_path):
