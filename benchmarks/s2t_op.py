@@ -23,7 +23,7 @@ Sizes fit in 24 GiB of RAM: the largest case holds about 17M x (4 fp32 + 3 bool)
 sort's copy; the LM-head pass holds a 151936 x 2048 fp32 weight and its fp32 gradient (2 x 1.2 GB) and 4096 x 32768
 tiles.
 
-    python benchmarks/s2t_op.py          # about 4-7 minutes on 2 CPU cores
+    python benchmarks/s2t_op.py          # about 5-7 minutes on 2 busy CPU cores
     python benchmarks/s2t_op.py --quick  # smaller, under a minute
 """
 
@@ -52,8 +52,8 @@ def parse_args(argv=None):
     parser.add_argument("--sequences", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=16384, help="tokens per sequence")
     parser.add_argument("--big-sequences", type=int, default=1040, help="sequences of the >2**24-candidate case")
-    parser.add_argument("--lm-head-tokens", type=int, default=1024, help="tokens of the measured LM-head pass (CPU)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--lm-head-tokens", type=int, default=256, help="tokens of the measured LM-head pass (CPU)")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1 on CPU, see step_cost)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--output", default=None)
