@@ -333,3 +333,41 @@ def test_plot_each_metric_writes_one_png_per_key(tmp_path):
     for path in paths:
         _assert_png(tmp_path / path.rsplit("/", 1)[-1])
     assert metric_filename("rewards/accuracy_reward/mean") == "rewards_accuracy_reward_mean"
+
+
+def test_demo_settings_drive_a_real_stapo_run_with_metrics_progress_and_plots(tmp_path, tokenizer, capsys):
+    """Two RL steps of the demo with STAPOTrainer: the callbacks record TRL's and STAPO's metrics per step."""
+    from stapo_trl.config import STAPOConfig
+    from stapo_trl.rewards import accuracy_reward
+    from stapo_trl.trainer import STAPOTrainer
+
+    train_ds, _ = demo.make_demo_datasets(seed=0, num_train=32, num_eval=10)
+    model = demo.build_demo_model(tokenizer, seed=0)
+    args = STAPOConfig(
+        **demo.demo_settings(
+            output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=16, spurious_prob_threshold=0.5
+        )
+    )
+    metrics = demo.DemoMetricsCallback()
+    trainer = STAPOTrainer(
+        model=model,
+        args=args,
+        reward_funcs=accuracy_reward,
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+        callbacks=[metrics],
+    )
+    demo.use_demo_progress_bar(trainer)
+    trainer.train()
+
+    records = demo.read_metrics(tmp_path / "metrics.jsonl")
+    steps = [r for r in records if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    for key in ("reward", "entropy", "stapo/masked_frac", "stapo/candidate_frac", "completions/mean_length"):
+        assert all(isinstance(r[key], float) for r in steps), key
+    assert (tmp_path / "metrics.csv").read_text().startswith("step,epoch,")
+    assert "'loss'" not in capsys.readouterr().out  # the log dicts are not printed
+    paths = plot_each_metric(tmp_path / "metrics.jsonl", tmp_path)
+    plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "training_curves.png")
+    for path in [*paths, str(tmp_path / "training_curves.png")]:
+        _assert_png(tmp_path / path.rsplit("/", 1)[-1])
