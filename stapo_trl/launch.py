@@ -184,13 +184,14 @@ def parse_args(argv: list[str] | None = None):
         raise ValueError("model_name_or_path (or --model) is required, e.g. --model Qwen/Qwen3-8B-Base.")
     label = model_label(model, demo)
     parser = TrlParser((ScriptArguments, STAPOConfig, ModelArguments))
-    defaults = {"bf16": False} if demo else paper_recipe(int(os.environ.get("WORLD_SIZE", "1")))
-    parser.set_defaults(
-        output_dir=os.path.join("outputs", label, method),
-        run_name=f"{method}-{label}",
-        **defaults,
-        **METHOD_PRESETS[method],
-    )
+    if demo:
+        from .demo import demo_settings
+
+        defaults = demo_settings()
+    else:
+        defaults = paper_recipe(int(os.environ.get("WORLD_SIZE", "1")))
+        defaults["output_dir"] = os.path.join("outputs", label, method)
+    parser.set_defaults(run_name=f"{method}-{label}", **{**defaults, **METHOD_PRESETS[method]})
     return parser.parse_args_and_config(args=argv)
 
 
