@@ -108,7 +108,7 @@ def test_wandb_falls_back_to_offline(tmp_path, monkeypatch, capsys):
     assert os.environ["WANDB_MODE"] == "online"
 
 
-def test_short_run_on_a_local_model(tmp_path):
+def _train_tiny(tmp_path, *extra):
     model_dir = tmp_path / "tiny"
     tokenizer = tiny_tokenizer()
     tiny_model(tokenizer).save_pretrained(model_dir)
@@ -120,19 +120,32 @@ def test_short_run_on_a_local_model(tmp_path):
         "--bf16", "false", "--use_cpu", "true", "--per_device_train_batch_size", "4", "--generation_batch_size", "4",
         "--gradient_accumulation_steps", "1", "--num_generations", "2", "--max_completion_length", "4",
         "--max_steps", "2", "--save_steps", "1", "--spurious_prob_threshold", "0.05", "--spurious_token_log_steps",
-        "1", "--activation_checkpointing", "false", "--dtype", "float32",
+        "1", "--activation_checkpointing", "false", "--dtype", "float32", *extra,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     completed = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *argv], env=env, capture_output=True, text=True, timeout=300
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
+    return output_dir, completed
+
+
+def test_short_run_on_a_local_model(tmp_path):
+    output_dir, completed = _train_tiny(tmp_path)
     assert "per optimizer step  2 prompts = 4 completions" in completed.stdout
     state = json.loads((output_dir / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     assert any("stapo/masked_frac" in entry for entry in state["log_history"])
     assert (output_dir / "model.safetensors").exists()
     assert "STAPO settings" in (output_dir / "README.md").read_text()
+
+
+def test_lora_run_saves_an_adapter(tmp_path):
+    output_dir, _ = _train_tiny(tmp_path, "--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj")
+    adapter = json.loads((output_dir / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}
+    assert (output_dir / "adapter_model.safetensors").exists()
+    assert not (output_dir / "model.safetensors").exists()
 
 
 def test_demo_recipe_runs_a_few_steps(tmp_path):
