@@ -371,3 +371,20 @@ def test_demo_settings_drive_a_real_stapo_run_with_metrics_progress_and_plots(tm
     plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "training_curves.png")
     for path in [*paths, str(tmp_path / "training_curves.png")]:
         _assert_png(tmp_path / path.rsplit("/", 1)[-1])
+
+
+def test_finish_demo_writes_the_summary_and_plots(tmp_path, tokenizer):
+    _, eval_ds = demo.make_demo_datasets(seed=0, num_eval=30)
+    records = [{"step": s, "reward": s / 10, "entropy": 0.4, "stapo/masked_frac": 0.0} for s in range(1, 5)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    info = {"accuracy_before_rl": {"greedy": 0.25, "sampled": 0.125}, "warm_start": {"steps": 3}}
+    summary = demo.finish_demo(ScriptedModel(tokenizer), tokenizer, eval_ds, info, tmp_path, extra={"seconds": 1.5})
+    assert summary["accuracy_after_rl"] == {"greedy": 1.0, "sampled": 1.0}
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["accuracy_before_rl"]["greedy"] == 0.25 and saved["seconds"] == 1.5
+    for name in ("training_curves.png", "training_details.png", "reward.png", "entropy.png", "stapo_masked_frac.png"):
+        _assert_png(tmp_path / name)
+    line = demo.format_demo_summary(summary)
+    assert "25.0% -> 100.0%" in line and "12.5% -> 100.0%" in line and "30 problems" in line
+    (tmp_path / "metrics.jsonl").unlink()
+    assert demo.finish_demo(ScriptedModel(tokenizer), tokenizer, eval_ds, info, tmp_path / "new")["plots"] == []
