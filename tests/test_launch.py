@@ -93,8 +93,8 @@ def test_hub_preflight_fails_fast_offline(tmp_path, monkeypatch):
 
 
 def test_wandb_falls_back_to_offline(tmp_path, monkeypatch, capsys):
-    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_PROJECT", "WANDB_TAGS", "WANDB_DIR"):
-        monkeypatch.delenv(name, raising=False)
+    # configure_wandb writes os.environ: give it a copy so nothing leaks into later tests
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")})
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     script_args, args, _ = parse_args(["--model", "m/x", "--output_dir", str(tmp_path), "--wandb_group", "g"])
     assert args.report_to == ["wandb"]

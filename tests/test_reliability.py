@@ -143,7 +143,8 @@ def test_planted_secrets_never_reach_disk_or_logs(tmp_path):
         "--num_generations", "2", "--max_completion_length", "4", "--max_steps", "2", "--save_steps", "1",
         "--activation_checkpointing", "false", "--dtype", "float32", "--use_cpu", "true",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_API_KEY": wandb_secret, "WANDB_MODE": "offline"}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env.update(PYTHONPATH=str(REPO), WANDB_API_KEY=wandb_secret, WANDB_MODE="offline")
     completed = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (output_dir / "checkpoint-2" / "training_args.bin").exists()
