@@ -32,7 +32,7 @@ from _common import REPO_ROOT, RESULTS_DIR, load_average, write_result
 
 METHOD_LABELS = {"stapo": "STAPO", "justrl": "JustRL", "entropy20": "20-Entropy", "grpo": "GRPO"}
 PLOT_KEYS = (
-    ("entropy", "TRL `entropy`: mean over loss tokens (nats)\n(20-Entropy: over its kept top-20% only)"),
+    ("entropy", "mean entropy over all completion tokens (nats)"),
     ("stapo/entropy_p50", "median entropy over all completion tokens (nats)"),
     ("stapo/masked_frac", "silenced tokens (fraction)"),
     ("stapo/candidate_frac", "S2T candidates: A > 0 and p < tau_p (fraction)"),
