@@ -488,7 +488,6 @@ def _add_benchmark_callback(trainer, script_args) -> None:
 
 def _run_demo(script_args, args, checkpoint) -> dict:
     from . import demo
-    from .plots import plot_training_curves
     from .trainer import STAPOTrainer
 
     started = time.perf_counter()
@@ -508,19 +507,14 @@ def _run_demo(script_args, args, checkpoint) -> dict:
     )
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(args.output_dir)
-    before, after = info["accuracy_before_rl"], demo.evaluate_demo(trainer.model, tokenizer, eval_dataset, args.seed)
-    output_dir = Path(args.output_dir)
-    plot_training_curves(output_dir / "metrics.jsonl", output_dir / "training_curves.png")
-    summary = {
-        "held_out_accuracy_before_rl": before,
-        "held_out_accuracy_after_rl": after,
-        "warm_start_steps": info["warm_start"].get("steps"),
-        "rl_steps": trainer.state.global_step,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(
-        f"Held-out greedy accuracy: {before['greedy']:.1%} before RL -> {after['greedy']:.1%} after "
-        f"{summary['rl_steps']} STAPO steps ({summary['seconds']} s in all). Curves: {output_dir / 'training_curves.png'}"
+    summary = demo.finish_demo(
+        trainer.model,
+        tokenizer,
+        eval_dataset,
+        info,
+        args.output_dir,
+        seed=args.seed,
+        extra={"rl_steps": trainer.state.global_step, "seconds": round(time.perf_counter() - started, 1)},
     )
+    print(f"{demo.format_demo_summary(summary)}. {summary['rl_steps']} STAPO steps, {summary['seconds']} s in all.")
     return summary

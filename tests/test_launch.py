@@ -160,9 +160,9 @@ def test_demo_recipe_runs_a_few_steps(tmp_path):
         [sys.executable, str(REPO / "train.py"), *argv], env=env, capture_output=True, text=True, timeout=600
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "Held-out greedy accuracy" in completed.stdout
+    assert "held-out accuracy (greedy)" in completed.stdout
     summary = json.loads((output_dir / "summary.json").read_text())
-    assert summary["rl_steps"] == 2 and 0.0 <= summary["held_out_accuracy_after_rl"]["greedy"] <= 1.0
+    assert summary["rl_steps"] == 2 and 0.0 <= summary["accuracy_after_rl"]["greedy"] <= 1.0
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     assert [record["step"] for record in records if "reward" in record] == [1, 2]
     assert all("stapo/masked_frac" in record for record in records if "reward" in record)
