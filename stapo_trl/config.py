@@ -6,6 +6,7 @@ from trl import GRPOConfig
 
 # Loss types of TRL 1.16 and how S2T renormalises each of them (see `STAPOConfig` below and the README).
 SUPPORTED_LOSS_TYPES = ("dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")
+SPURIOUS_STATS_SCOPES = ("step", "micro_batch")
 
 
 @dataclass
@@ -18,7 +19,7 @@ class STAPOConfig(GRPOConfig):
     remain. A completion token is spurious when its sequence has a positive advantage, its probability under the
     current policy is below `spurious_prob_threshold` and its entropy is below `tau_h`, the
     `spurious_entropy_quantile`-quantile of the entropies of the *candidate* tokens (positive advantage and low
-    probability) of the whole micro-batch on all processes.
+    probability) of the whole optimizer step on all processes (see `spurious_stats_scope`).
 
     Only the parameters specific to STAPO are listed here; every [`~trl.GRPOConfig`] parameter keeps its meaning.
     The defaults of `loss_type`, `epsilon`, `epsilon_high` and `beta` are the paper's (they differ from TRL's only
@@ -37,6 +38,16 @@ class STAPOConfig(GRPOConfig):
             silences nothing and `1.0` silences every candidate. Range: [0, 1].
         spurious_entropy_threshold (`float` or `None`, *optional*, defaults to `None`):
             Absolute entropy threshold τ_h (in nats). When set, it replaces `spurious_entropy_quantile`. Range: >= 0.
+        spurious_stats_scope (`str`, *optional*, defaults to `"step"`):
+            Which tokens τ_h and the renormalised denominator are computed over. `"step"` is the paper's rule: at the
+            first micro-step of each optimizer step, every micro-batch of the step (all processes) is scored with the
+            current weights without gradient, τ_h is the quantile over all of the step's candidates and the token-mean
+            losses (`dapo`, `cispo`, `vespo`) divide by the step's kept tokens on all processes. It costs one
+            gradient-free forward pass per micro-batch, skipped when TRL's generation-time pass already scored the
+            batch with the same weights. `"micro_batch"` takes both from the current micro-batch (all processes) in
+            the loss's own forward pass: no extra pass, but a lone candidate is never silenced and, with gradient
+            accumulation, the denominator is TRL's scaled by the micro-batch's kept share. Evaluation always uses the
+            evaluation batch.
         renormalize_entropy_mask (`bool`, *optional*, defaults to `False`):
             With `top_entropy_quantile < 1.0` (the 20-Entropy baseline), also remove the low-entropy tokens from the
             loss denominator, as the original "Beyond the 80/20 rule" code does. TRL's own mask only removes them
@@ -73,6 +84,15 @@ class STAPOConfig(GRPOConfig):
         metadata={
             "help": "Absolute entropy threshold τ_h in nats; when set it replaces `spurious_entropy_quantile`. "
             "Range >= 0."
+        },
+    )
+    spurious_stats_scope: str = field(
+        default="step",
+        metadata={
+            "help": "Scope of tau_h and of the renormalised denominator: 'step' (the whole optimizer step on all "
+            "processes, the paper's rule; one extra gradient-free forward per micro-batch) or 'micro_batch' (the "
+            "current micro-batch, no extra pass).",
+            "choices": list(SPURIOUS_STATS_SCOPES),
         },
     )
     renormalize_entropy_mask: bool = field(
@@ -129,6 +149,10 @@ class STAPOConfig(GRPOConfig):
         if self.spurious_entropy_threshold is not None and not self.spurious_entropy_threshold >= 0.0:
             raise ValueError(
                 f"spurious_entropy_threshold must be None or >= 0 (nats), got {self.spurious_entropy_threshold}."
+            )
+        if self.spurious_stats_scope not in SPURIOUS_STATS_SCOPES:
+            raise ValueError(
+                f"spurious_stats_scope must be one of {', '.join(SPURIOUS_STATS_SCOPES)}, got {self.spurious_stats_scope!r}."
             )
         if self.loss_type not in SUPPORTED_LOSS_TYPES:
             raise ValueError(

@@ -3,14 +3,24 @@
 import json
 import os
 import textwrap
+from dataclasses import dataclass, field
 
 import torch
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
 
 from .config import STAPOConfig
 from .rewards import PROBLEM_KEYS, reward_problem_counts
-from .s2t import find_spurious_tokens, global_quantiles, nonfinite_tokens
+from .s2t import (
+    ENTROPY_HISTOGRAM_LOG_BINS,
+    S2T_STATISTICS,
+    entropy_histogram,
+    find_spurious_tokens_in_batches,
+    histogram_quantiles,
+    nonfinite_tokens,
+    s2t_statistics,
+)
 
 # Optional model inputs that `GRPOTrainer._compute_loss` forwards to the policy (TRL 1.16).
 _MODEL_INPUT_KEYS = (
@@ -29,11 +39,82 @@ _MODEL_INPUT_KEYS = (
 _LOSS_INPUT_KEYS = ("old_per_token_logps", "ref_per_token_logps", "importance_sampling_ratio")
 # Loss types whose denominator is TRL's global token count `num_items_in_batch`.
 _GLOBAL_TOKEN_MEAN_LOSSES = ("dapo", "cispo", "vespo")
+# Entries that `_generate_and_score_completions` adds to a generation batch when TRL's generation-time pass scored it:
+# the entropies of that pass and the optimizer step whose weights it used (one value per completion, so that TRL's
+# shuffle and split carry them along with the completions).
+_SAMPLER_ENTROPIES = "stapo_sampler_entropies"
+_SCORED_AT_STEP = "stapo_scored_at_step"
+_STAT = {name: index for index, name in enumerate(S2T_STATISTICS)}
 ENTROPY_PERCENTILES = {"stapo/entropy_p10": 0.1, "stapo/entropy_p50": 0.5, "stapo/entropy_p90": 0.9}
 SPURIOUS_TOKENS_FILE = "spurious_tokens.jsonl"
-SPURIOUS_TOKEN_COLUMNS = ("step", "token", "context", "prob", "entropy", "advantage")
+SPURIOUS_TOKEN_COLUMNS = ("step", "completion", "position", "token", "context", "prob", "entropy", "advantage")
 # Tokens of text shown before a silenced token in its record.
 SPURIOUS_TOKEN_CONTEXT = 32
+
+
+@dataclass
+class MicroBatchS2T:
+    """The S2T decision for one micro-batch; every mask is ``(B, T)`` bool.
+
+    Attributes:
+        loss_mask: the loss tokens before S2T (`completion_mask`, times `tool_mask` when TRL has one).
+        scored: the loss tokens with finite inputs.
+        nonfinite: the loss tokens excluded because a log-prob, entropy, advantage or sampler value is NaN/inf.
+        silenced: the spurious tokens removed from the loss (none when `silence_spurious_tokens=False`).
+        keep: the tokens that stay in the loss.
+        entropy_mask: TRL's 80/20 mask (`top_entropy_quantile < 1`), or ``None``.
+        statistics: ``(len(S2T_STATISTICS),)`` float64 counts of this process's micro-batch (`s2t_statistics`).
+    """
+
+    loss_mask: torch.Tensor
+    scored: torch.Tensor
+    nonfinite: torch.Tensor
+    silenced: torch.Tensor
+    keep: torch.Tensor
+    entropy_mask: torch.Tensor | None
+    statistics: torch.Tensor
+
+
+@dataclass
+class StepPlan:
+    """What `spurious_stats_scope="step"` decides at the first micro-step of an optimizer step.
+
+    Attributes:
+        first_micro_step: TRL's micro-step counter (`GRPOTrainer._step`) at the step's first micro-step.
+        inputs: the prepared inputs of every micro-step of the step, in order (what TRL's `_prepare_inputs` returns).
+        decisions: the S2T decision of each micro-batch, from one `tau_h` over the whole step on all processes.
+        statistics: ``(num_micro_steps, len(S2T_STATISTICS))`` the decisions' counts summed over processes.
+    """
+
+    first_micro_step: int
+    inputs: list
+    decisions: list
+    statistics: torch.Tensor
+
+
+@dataclass
+class S2TWindow:
+    """This process's sums over a logging window, turned into the `stapo/*` metrics by `STAPOTrainer.log`.
+
+    The sums stay on the accelerator (no synchronisation per micro-step) until the window is logged.
+    """
+
+    statistics: torch.Tensor = field(default_factory=lambda: torch.zeros(len(S2T_STATISTICS), dtype=torch.float64))
+    histogram: torch.Tensor = field(
+        default_factory=lambda: torch.zeros(ENTROPY_HISTOGRAM_LOG_BINS + 1, dtype=torch.float64)
+    )
+    entropy_thresholds: list = field(default_factory=list)
+    updates: int = 0
+
+    def add(self, statistics: torch.Tensor, entropies: torch.Tensor) -> None:
+        """Add one micro-batch: its `s2t_statistics` and the entropies of its scored tokens (any shape)."""
+        self.statistics = self.statistics.to(statistics.device) + statistics
+        self.histogram = self.histogram.to(entropies.device) + entropy_histogram(entropies)
+
+    def totals(self, device) -> torch.Tensor:
+        """``(len(S2T_STATISTICS) + ENTROPY_HISTOGRAM_LOG_BINS + 2,)``: the sums, the histogram and the update count."""
+        updates = torch.tensor([float(self.updates)], dtype=torch.float64, device=device)
+        return torch.cat([self.statistics.to(device), self.histogram.to(device), updates])
 
 
 class STAPOTrainer(GRPOTrainer):
@@ -42,22 +123,36 @@ class STAPOTrainer(GRPOTrainer):
     A drop-in replacement for [`~trl.GRPOTrainer`] with the same constructor; `args` is a [`STAPOConfig`].
 
     How it hooks into TRL 1.16 (the loss is otherwise TRL's own code): `_compute_loss` runs the policy's fused
-    log-prob/entropy pass itself, finds the spurious tokens from those detached values, removes them from the
-    loss-only `tool_mask` (never from `completion_mask`, which is also the attention mask), rescales
-    `num_items_in_batch` for the token-mean losses, and hands the same forward outputs back to
-    `GRPOTrainer._compute_loss`, so there is exactly one forward pass and no `(B, T, V)` tensor is added.
+    log-prob/entropy pass itself, takes the S2T decision for the micro-batch, removes the silenced tokens from the
+    loss-only `tool_mask` (never from `completion_mask`, which is also the attention mask), sets `num_items_in_batch`
+    for the token-mean losses, and hands the same forward outputs back to `GRPOTrainer._compute_loss`; no `(B, T, V)`
+    tensor is added.
+
+    Where the decision comes from (`spurious_stats_scope`):
+    - `"step"` (the paper's rule): `get_batch_samples` hands over the raw batches of the coming optimizer step; at its
+      first micro-step `_prepare_inputs` runs TRL's own `_prepare_inputs` for every micro-step of the step (generating
+      exactly when TRL would), scores every micro-batch with the current weights without gradient (reusing TRL's
+      generation-time pass when it ran with the same weights), and takes one `tau_h` over the step's candidates on
+      all processes. The micro-steps then replay TRL's inputs in order with that decision.
+    - `"micro_batch"`, and evaluation: the decision of the current micro-batch (all processes) from the loss's own
+      forward pass.
 
     Renormalisation by `loss_type` (silenced tokens leave numerator and denominator):
-    - `dapo`, `cispo`, `vespo`: with gradient accumulation 1, the loss of an optimizer step is the sum of the kept
-      tokens' losses divided by the number of kept tokens on all processes, exactly. With accumulation, TRL's
-      normaliser (the generation batch's token count spread over its micro-steps) is scaled by the kept/total ratio
-      of the current micro-batch on all processes; later micro-batches of the same step are not yet scored, so their
-      ratio is taken to be the same (an approximation of the order of the masked fraction, ~1e-4 in the paper).
+    - `dapo`, `cispo`, `vespo`: with `"step"`, the loss of an optimizer step is the sum of the kept tokens' losses over
+      every micro-step and process divided by the number of kept tokens of the step on all processes, for any
+      gradient accumulation, `steps_per_generation` and number of processes. With `"micro_batch"`, TRL's normaliser
+      (the generation batch's token count spread over its micro-steps) is scaled by the current micro-batch's kept
+      share on all processes. Either way, when nothing is silenced TRL's own normaliser is left untouched.
     - `grpo`, `sapo`: per-sequence mean over the kept tokens. `bnpo`: mean over the local kept tokens.
     - `dr_grpo` (a constant denominator) and `luspo` (a per-sequence sum): silenced tokens drop out; there is no
       count to renormalise.
     Tokens with a non-finite log-probability, entropy, advantage or importance weight are excluded the same way and
     counted in `stapo/nonfinite_tokens`.
+
+    Metrics: every process adds up the counts of each micro-batch over the logging window (`S2TWindow`); `log` sums
+    them over processes once and logs ratios of sums (`stapo/masked_frac` = silenced / scored tokens of the window,
+    `stapo/masked_tokens` = silenced tokens per optimizer step, ...). Entropy percentiles come from a fixed-bin
+    histogram added up the same way.
     """
 
     _tag_names = ["trl", "grpo", "stapo"]
@@ -86,9 +181,161 @@ class STAPOTrainer(GRPOTrainer):
         # The policy's outputs for the loss, computed once by `_compute_loss` and handed back to TRL's loss.
         self._loss_forward = None
         self._loss_entropy_mask = None
+        # spurious_stats_scope="step": the raw batches of the coming optimizer step, then the step's decisions.
+        self._pending_step_batches = None
+        self._step_plan = None
+        # Set while TRL's generation-time log-prob pass runs, so that it also returns the entropies S2T needs.
+        self._capture_sampler_entropies = False
+        self._sampler_entropies = None
+        self._s2t_windows = {"train": S2TWindow(), "eval": S2TWindow()}
         # Silenced tokens of the current recording step, as plain Python values, until the next log.
         self._spurious_token_records = []
         super().__init__(model, reward_funcs, args, *positional, **kwargs)
+
+    @property
+    def _scores_whole_steps(self) -> bool:
+        """Whether training decisions are taken over whole optimizer steps (`spurious_stats_scope="step"`)."""
+        return self.args.silence_spurious_tokens and self.args.spurious_stats_scope == "step"
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self._scores_whole_steps:
+            self._pending_step_batches = batch_samples
+        return batch_samples, num_items_in_batch
+
+    def _prepare_inputs(self, generation_batch):
+        if not (self.model.training and self._scores_whole_steps):
+            return super()._prepare_inputs(generation_batch)
+        if self._pending_step_batches is not None:  # the first micro-step of an optimizer step
+            batches, self._pending_step_batches = self._pending_step_batches, None
+            self._step_plan = self._plan_step(self._prepare_step_inputs(batches))
+        return self._step_plan.inputs[self._micro_step_in_plan()]
+
+    def _prepare_step_inputs(self, batches):
+        """TRL's `_prepare_inputs` for each micro-step of the coming optimizer step, in order.
+
+        TRL decides from its micro-step counter `_step` when to generate and which slice of the generation batch to
+        return; running it with the counter of each coming micro-step generates exactly the batches, in the same
+        order, that the micro-steps would have generated one by one (the weights do not change within a step).
+        """
+        first_micro_step = self._step
+        prepared = []
+        try:
+            for offset, batch in enumerate(batches):
+                self._step = first_micro_step + offset
+                prepared.append(super()._prepare_inputs(batch))
+        finally:
+            self._step = first_micro_step
+        return prepared
+
+    def _plan_step(self, step_inputs) -> StepPlan:
+        """Score every micro-batch of the step and decide S2T with one `tau_h` for the whole step (all processes)."""
+        scores = [self._score_without_gradient(inputs) for inputs in step_inputs]
+        decisions = self._decide(step_inputs, scores, "train")
+        statistics = self.accelerator.reduce(torch.stack([decision.statistics for decision in decisions]), "sum")
+        return StepPlan(self._step, step_inputs, decisions, statistics)
+
+    def _micro_step_in_plan(self) -> int:
+        plan = self._step_plan
+        index = -1 if plan is None else self._step - plan.first_micro_step
+        if plan is None or not 0 <= index < len(plan.inputs):
+            raise RuntimeError(
+                "spurious_stats_scope='step' decides S2T over whole optimizer steps, prepared when `Trainer.train()` "
+                "fetches a step's batches; this micro-step belongs to no prepared step. Train through "
+                "`trainer.train()`, or set spurious_stats_scope='micro_batch' to compute the loss of single batches."
+            )
+        return index
+
+    def _score_without_gradient(self, inputs):
+        """``(B, T)`` log-probs and entropies of the current policy on a micro-batch, without gradient.
+
+        Reuses TRL's generation-time pass when it scored this batch with the weights of the current optimizer step.
+        """
+        scored_at = inputs.get(_SCORED_AT_STEP)
+        if scored_at is not None and int(scored_at[0]) == self.state.global_step:
+            return inputs["old_per_token_logps"], inputs[_SAMPLER_ENTROPIES]
+        # Mirrors TRL 1.16's generation-time pass (`_generate_and_score_completions`): the same fused path, chunked
+        # by the training micro-batch size.
+        completion_ids = inputs["completion_ids"]
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            logps, entropies, _ = self._get_per_token_logps_and_entropies(
+                self.model,
+                torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
+                torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
+                completion_ids.size(1),
+                batch_size=self.args.per_device_train_batch_size,
+                compute_entropy=True,
+                **{key: inputs.get(key) for key in _MODEL_INPUT_KEYS},
+            )
+        return logps, entropies
+
+    def _generate_and_score_completions(self, inputs):
+        self._capture_sampler_entropies = self.model.training and self._scores_whole_steps
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._capture_sampler_entropies = False
+            entropies, self._sampler_entropies = self._sampler_entropies, None
+        if entropies is not None and output.get("old_per_token_logps") is not None:
+            output[_SAMPLER_ENTROPIES] = entropies
+            output[_SCORED_AT_STEP] = torch.full(
+                (entropies.size(0),), self.state.global_step, dtype=torch.long, device=entropies.device
+            )
+        return output
+
+    def _decide(self, batches, scores, mode) -> list[MicroBatchS2T]:
+        """The S2T decision for micro-batches that share one `tau_h` (a collective: every process calls it).
+
+        Args:
+            batches: the inputs of each micro-batch (as TRL hands them to `_compute_loss`).
+            scores: ``((B, T), (B, T))`` log-probs and entropies of the current policy for each micro-batch.
+            mode: `"train"` or `"eval"`: the logging window the counts go to.
+        """
+        loss_masks, nonfinite, scored, entropy_masks = [], [], [], []
+        for inputs, (logps, entropies) in zip(batches, scores, strict=True):
+            loss_mask = inputs["completion_mask"]
+            if "tool_mask" in inputs:
+                loss_mask = loss_mask * inputs["tool_mask"]
+            sampler_values = [inputs.get(key) for key in _LOSS_INPUT_KEYS]
+            bad = nonfinite_tokens(loss_mask, logps, entropies, inputs["advantages"], *sampler_values)
+            loss_masks.append(loss_mask)
+            nonfinite.append(bad)
+            scored.append(loss_mask.bool() & ~bad)
+            entropy_masks.append(
+                super().get_high_entropy_mask(entropies.detach(), scored[-1], 1 - self.top_entropy_quantile)
+                if self.top_entropy_quantile < 1.0
+                else None
+            )
+        found = find_spurious_tokens_in_batches(
+            [logps for logps, _ in scores],
+            [entropies for _, entropies in scores],
+            [inputs["advantages"] for inputs in batches],
+            scored,
+            prob_threshold=self.args.spurious_prob_threshold,
+            entropy_quantile=self.args.spurious_entropy_quantile,
+            entropy_threshold=self.args.spurious_entropy_threshold,
+            gather=self._gather_across_processes,
+        )
+        window = self._s2t_windows[mode]
+        if found and found[0].entropy_threshold is not None:
+            window.entropy_thresholds.append(found[0].entropy_threshold)
+        decisions = []
+        for index, spurious in enumerate(found):
+            silenced = spurious.spurious if self.args.silence_spurious_tokens else torch.zeros_like(spurious.spurious)
+            keep = scored[index] & ~silenced
+            entropy_mask = entropy_masks[index]
+            if entropy_mask is not None and self.args.renormalize_entropy_mask:
+                keep = keep & entropy_mask
+                entropy_mask = keep  # already in the loss mask: TRL's numerator-only mask becomes a no-op
+            logps, entropies = scores[index]
+            statistics = s2t_statistics(
+                loss_masks[index], scored[index], keep, spurious.candidates, silenced, nonfinite[index], logps, entropies
+            )
+            window.add(statistics, entropies.detach()[scored[index]])
+            decisions.append(
+                MicroBatchS2T(loss_masks[index], scored[index], nonfinite[index], silenced, keep, entropy_mask, statistics)
+            )
+        return decisions
 
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
@@ -103,54 +350,39 @@ class STAPOTrainer(GRPOTrainer):
             compute_aux_loss=self.aux_loss_enabled,
             **{key: inputs.get(key) for key in _MODEL_INPUT_KEYS},
         )
-        loss_mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
         advantages = inputs["advantages"]
         sampler_values = [inputs.get(key) for key in _LOSS_INPUT_KEYS]
-        nonfinite = nonfinite_tokens(loss_mask, per_token_logps, entropies, advantages, *sampler_values)
-        scored = loss_mask.bool() & ~nonfinite
-        entropy_mask = None
-        if self.top_entropy_quantile < 1.0:
-            entropy_mask = super().get_high_entropy_mask(entropies.detach(), scored, 1 - self.top_entropy_quantile)
-        found = find_spurious_tokens(
-            per_token_logps,
-            entropies,
-            advantages,
-            scored,
-            prob_threshold=self.args.spurious_prob_threshold,
-            entropy_quantile=self.args.spurious_entropy_quantile,
-            entropy_threshold=self.args.spurious_entropy_threshold,
-            gather=self._gather_across_processes,
+        if mode == "train" and self._scores_whole_steps:
+            micro_step = self._micro_step_in_plan()
+            decision = self._step_plan.decisions[micro_step]
+            statistics = self._step_plan.statistics[micro_step]
+            step_kept = self._step_plan.statistics[:, _STAT["kept_tokens"]].sum()
+            # TRL divides by `num_items_in_batch / processes * accumulation / steps_per_generation`: this makes it the
+            # kept tokens of the whole step on all processes.
+            num_items = step_kept * self.args.steps_per_generation / self.current_gradient_accumulation_steps
+        else:
+            micro_step = self._step % self.args.gradient_accumulation_steps
+            (decision,) = self._decide([inputs], [(per_token_logps, entropies)], mode)
+            statistics = self.accelerator.reduce(decision.statistics, "sum")
+            num_items = (
+                inputs["num_items_in_batch"]
+                * statistics[_STAT["kept_tokens"]]
+                / statistics[_STAT["loss_tokens"]].clamp(min=1.0)
+            )
+        # The forward of this micro-step may find non-finite values the scoring pass did not (numerics only).
+        nonfinite = decision.nonfinite | nonfinite_tokens(
+            decision.loss_mask, per_token_logps, entropies, advantages, *sampler_values
         )
-        silenced = found.spurious if self.args.silence_spurious_tokens else torch.zeros_like(found.spurious)
-        keep = scored & ~silenced
-        if entropy_mask is not None and self.args.renormalize_entropy_mask:
-            keep = keep & entropy_mask
-            entropy_mask = keep  # already in the loss mask: TRL's numerator-only mask becomes a no-op
-
-        counts = self.accelerator.reduce(
-            torch.stack(
-                [
-                    loss_mask.sum().double(),
-                    scored.sum(),
-                    keep.sum(),
-                    found.candidates.sum(),
-                    silenced.sum(),
-                    nonfinite.sum(),
-                    entropies.detach()[silenced].sum(),
-                    per_token_logps.detach()[silenced].exp().sum(),
-                    entropies.detach()[scored].sum(),
-                ]
-            ).double(),  # exact token counts beyond 2**24
-            reduction="sum",
-        )
-        num_loss_tokens, num_kept = counts[0], counts[2]
+        keep = decision.keep & ~nonfinite
+        if mode == "eval" or self.accelerator.sync_gradients:
+            self._s2t_windows[mode].updates += 1
 
         loss_inputs = dict(inputs)
-        masks_loss = bool(num_kept < num_loss_tokens)  # the same decision on every process: the counts are global
+        masks_loss = bool(statistics[_STAT["kept_tokens"]] < statistics[_STAT["loss_tokens"]])  # global: same everywhere
         if masks_loss:
             loss_inputs["tool_mask"] = keep.to(completion_mask.dtype)
-            if self.loss_type in _GLOBAL_TOKEN_MEAN_LOSSES:
-                loss_inputs["num_items_in_batch"] = self._kept_num_items(inputs, num_kept, num_loss_tokens, mode)
+        if self.loss_type in _GLOBAL_TOKEN_MEAN_LOSSES and float(num_items) != float(inputs["num_items_in_batch"]):
+            loss_inputs["num_items_in_batch"] = torch.as_tensor(float(num_items), device=per_token_logps.device)
         if nonfinite.any():
             per_token_logps, entropies = per_token_logps.nan_to_num(0.0, 0.0, 0.0), entropies.nan_to_num(0.0, 0.0, 0.0)
             loss_inputs["advantages"] = advantages.nan_to_num(0.0, 0.0, 0.0)
@@ -158,12 +390,11 @@ class STAPOTrainer(GRPOTrainer):
                 if key in _LOSS_INPUT_KEYS and value is not None:
                     loss_inputs[key] = value.nan_to_num(0.0, 0.0, 0.0)
 
-        self._log_s2t_metrics(mode, counts, found.entropy_threshold, entropies.detach()[scored])
         if mode == "train" and self._is_recording_step():
-            self._record_spurious_tokens(inputs, silenced, per_token_logps, entropies, advantages)
+            self._record_spurious_tokens(inputs, decision.silenced, per_token_logps, entropies, advantages, micro_step)
 
         self._loss_forward = (per_token_logps, entropies, aux_loss)
-        self._loss_entropy_mask = entropy_mask
+        self._loss_entropy_mask = decision.entropy_mask
         try:
             loss = super()._compute_loss(model, loss_inputs)
         finally:
@@ -172,15 +403,20 @@ class STAPOTrainer(GRPOTrainer):
         if masks_loss:
             # TRL averages its `entropy` metric over the loss mask; keep it the entropy of every completion token,
             # so that runs with and without S2T (or the renormalised 80/20 mask) stay comparable.
-            self._metrics[mode]["entropy"][-1] = (counts[8] / counts[1].clamp(min=1.0)).item()
+            scored_entropy = statistics[_STAT["scored_entropy_sum"]] / statistics[_STAT["scored_tokens"]].clamp(min=1.0)
+            self._metrics[mode]["entropy"][-1] = scored_entropy.item()
         return loss
 
     def _is_recording_step(self):
         every = self.args.spurious_token_log_steps
         return every > 0 and (self.state.global_step + 1) % every == 0  # global_step counts finished steps
 
-    def _record_spurious_tokens(self, inputs, silenced, per_token_logps, entropies, advantages):
-        """Keep the silenced tokens of this micro-batch (up to `spurious_token_log_max` per process and step)."""
+    def _record_spurious_tokens(self, inputs, silenced, per_token_logps, entropies, advantages, micro_step):
+        """Keep the silenced tokens of this micro-batch (up to `spurious_token_log_max` per process and step).
+
+        A record's `completion` is the completion's index among the optimizer step's completions, counted process by
+        process, then micro-batch by micro-batch, then row by row; `position` is the token's index in it.
+        """
         room = self.args.spurious_token_log_max - len(self._spurious_token_records)
         if room <= 0 or not silenced.any():
             return
@@ -188,12 +424,16 @@ class STAPOTrainer(GRPOTrainer):
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1).bool()
         advantages = advantages if advantages.dim() == 2 else advantages.unsqueeze(1).expand_as(silenced)
+        rows = silenced.size(0)
+        first_completion = (self.accelerator.process_index * self.current_gradient_accumulation_steps + micro_step) * rows
         for row, position in silenced.nonzero().tolist()[:room]:
             end = prompt_length + position
             context = input_ids[row, :end][attention_mask[row, :end]][-SPURIOUS_TOKEN_CONTEXT:]
             self._spurious_token_records.append(
                 {
                     "step": self.state.global_step + 1,
+                    "completion": first_completion + row,
+                    "position": position,
                     "token_id": input_ids[row, end].item(),
                     "context_ids": context.tolist(),
                     "prob": per_token_logps[row, position].detach().exp().item(),
@@ -203,11 +443,42 @@ class STAPOTrainer(GRPOTrainer):
             )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        for name, value in self._finish_s2t_window(mode).items():
+            self._metrics[mode][name] = [value]
         if self.model.training:
             self._add_grading_problems(logs)
         super().log(logs, start_time)
         if self.args.spurious_token_log_steps > 0:  # the same on every process: gather_object is a collective
             self._write_spurious_tokens()
+
+    def _finish_s2t_window(self, mode) -> dict[str, float]:
+        """The `stapo/*` metrics of the logging window that ends now, from its sums over all processes.
+
+        A collective: every process calls it (from `log`). The window starts again empty.
+        """
+        window, self._s2t_windows[mode] = self._s2t_windows[mode], S2TWindow()
+        totals = self.accelerator.reduce(window.totals(self.accelerator.device), "sum").cpu()
+        if window.updates == 0:  # the same on every process: each runs every micro-step
+            return {}
+        sums = dict(zip(S2T_STATISTICS, totals[: len(S2T_STATISTICS)].tolist(), strict=True))
+        histogram = totals[len(S2T_STATISTICS) : -1]
+        scored, silenced = max(sums["scored_tokens"], 1.0), sums["silenced_tokens"]
+        metrics = {
+            "stapo/masked_tokens": silenced / window.updates,
+            "stapo/masked_frac": silenced / scored,
+            "stapo/candidate_frac": sums["candidate_tokens"] / scored,
+            "stapo/nonfinite_tokens": sums["nonfinite_tokens"] / window.updates,
+        }
+        if window.entropy_thresholds:
+            metrics["stapo/entropy_threshold"] = torch.stack(window.entropy_thresholds).mean().item()
+        if silenced > 0:
+            metrics["stapo/masked_entropy_mean"] = sums["silenced_entropy_sum"] / silenced
+            metrics["stapo/masked_prob_mean"] = sums["silenced_prob_sum"] / silenced
+        percentiles = histogram_quantiles(histogram, list(ENTROPY_PERCENTILES.values()))
+        if percentiles is not None:
+            metrics.update(zip(ENTROPY_PERCENTILES, percentiles, strict=True))
+        return metrics
 
     def _add_grading_problems(self, logs):
         """Completions the math reward scored as wrong because of a problem (no box, timeout, ...), all processes."""
@@ -232,6 +503,8 @@ class STAPOTrainer(GRPOTrainer):
                 rows.append(
                     {
                         "step": record["step"],
+                        "completion": record["completion"],
+                        "position": record["position"],
                         "token": tokenizer.decode([record["token_id"]]),
                         "context": tokenizer.decode(record["context_ids"]),
                         "prob": record["prob"],
@@ -254,13 +527,33 @@ class STAPOTrainer(GRPOTrainer):
                 wandb.log({"stapo/spurious_tokens": table}, commit=False)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-        """TRL's model card, followed by the S2T settings and, when they exist, the evaluation results."""
-        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        """TRL's model card, followed by the S2T settings and, when they exist, the evaluation results.
+
+        Without a Hub repository the card still names the model (after `hub_model_id` or the output folder) and its
+        quick-start code loads it from the output folder.
+        """
+        args = self.args
+        model_name = model_name or (args.hub_model_id or os.path.abspath(args.output_dir)).rstrip("/").split("/")[-1]
+        hub_model_id = self.hub_model_id
+        if hub_model_id is None:
+            self.hub_model_id = args.output_dir  # TRL's quick start passes it to `pipeline(model=...)`
+        try:
+            super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        finally:
+            self.hub_model_id = hub_model_id
         if not self.is_world_process_zero():
             return
         from .evaluation import results_markdown
 
-        args = self.args
+        path = os.path.join(args.output_dir, "README.md")
+        with open(path, encoding="utf-8") as file:
+            card = file.read()
+        # TRL names no base model when the policy was loaded from a local folder; say so instead of linking "None".
+        local_model = getattr(self.model.config, "_name_or_path", "")
+        card = card.replace(
+            "This model is a fine-tuned version of [None](https://huggingface.co/None)",
+            f"This model is a fine-tuned version of `{local_model}`" if local_model else "This model was trained",
+        )
         tau_h = (
             f"{args.spurious_entropy_threshold} nats (absolute)"
             if args.spurious_entropy_threshold is not None
@@ -274,6 +567,7 @@ class STAPOTrainer(GRPOTrainer):
             f"| S2T (silence spurious tokens) | {'on' if args.silence_spurious_tokens else 'off'} |",
             f"| tau_p (probability threshold) | {args.spurious_prob_threshold} |",
             f"| tau_h (entropy threshold) | {tau_h} |",
+            f"| scope of tau_h and of the denominator | {args.spurious_stats_scope} |",
             f"| loss_type | {args.loss_type} |",
             f"| clip range (epsilon, epsilon_high) | {args.epsilon}, {args.epsilon_high} |",
             f"| beta (KL) | {args.beta} |",
@@ -286,26 +580,21 @@ class STAPOTrainer(GRPOTrainer):
         results = results_markdown(args.output_dir)
         if results:
             sections += ["", "## Evaluation", "", results]
-        path = os.path.join(args.output_dir, "README.md")
-        with open(path, "a", encoding="utf-8") as file:
-            file.write("\n" + "\n".join(sections) + "\n")
-
-    def _kept_num_items(self, inputs, num_kept, num_loss_tokens, mode):
-        """`num_items_in_batch` such that TRL's token-mean denominator counts only the kept tokens.
-
-        TRL 1.16 divides the summed loss by `num_items_in_batch / num_processes * accumulation / steps_per_generation`
-        in training and by `num_items_in_batch / num_processes` in evaluation.
-        """
-        if mode == "train" and self.current_gradient_accumulation_steps == 1:
-            num_items = num_kept * self.args.steps_per_generation
-        else:
-            num_items = inputs["num_items_in_batch"] * num_kept / num_loss_tokens
-        return num_items.float()
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(card + "\n" + "\n".join(sections) + "\n")
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
         if self._loss_forward is not None:
             forward, self._loss_forward = self._loss_forward, None
             return forward
+        if self._capture_sampler_entropies:
+            # TRL 1.16's first call in `_generate_and_score_completions` is its old-log-prob pass over the policy; the
+            # fused kernel gives the entropies with the log-probs, for the step-wide S2T decision to reuse.
+            self._capture_sampler_entropies = False
+            logps, self._sampler_entropies, aux_loss = super()._get_per_token_logps_and_entropies(
+                *args, **{**kwargs, "compute_entropy": True}
+            )
+            return logps, None, aux_loss
         return super()._get_per_token_logps_and_entropies(*args, **kwargs)
 
     def get_high_entropy_mask(self, entropies, mask, threshold):
@@ -321,24 +610,3 @@ class STAPOTrainer(GRPOTrainer):
         padded = self.accelerator.pad_across_processes(values, dim=0)
         gathered = self.accelerator.gather(padded).view(len(lengths), -1)
         return torch.cat([row[:length] for row, length in zip(gathered, lengths.tolist(), strict=True)])
-
-    def _log_s2t_metrics(self, mode, counts, entropy_threshold, scored_entropies):
-        (_, num_scored, _, num_candidates, num_silenced, num_nonfinite, silenced_entropy, silenced_prob, _) = (
-            counts.tolist()
-        )
-        metrics = self._metrics[mode]
-        metrics["stapo/masked_tokens"].append(num_silenced)
-        metrics["stapo/masked_frac"].append(num_silenced / max(num_scored, 1.0))
-        metrics["stapo/candidate_frac"].append(num_candidates / max(num_scored, 1.0))
-        metrics["stapo/nonfinite_tokens"].append(num_nonfinite)
-        if entropy_threshold is not None:
-            metrics["stapo/entropy_threshold"].append(entropy_threshold.item())
-        if num_silenced > 0:
-            metrics["stapo/masked_entropy_mean"].append(silenced_entropy / num_silenced)
-            metrics["stapo/masked_prob_mean"].append(silenced_prob / num_silenced)
-        percentiles = global_quantiles(
-            scored_entropies, tuple(ENTROPY_PERCENTILES.values()), self._gather_across_processes
-        )
-        if percentiles is not None:
-            for name, value in zip(ENTROPY_PERCENTILES, percentiles.tolist(), strict=True):
-                metrics[name].append(value)

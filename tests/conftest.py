@@ -104,11 +104,17 @@ def hand_batch(tokenizer, seed=0, num_sequences=4, completion_length=6):
 
 
 def loss_and_grads(trainer, inputs, gradient_accumulation_steps=1):
-    """One `compute_loss` + backward on a fresh copy of `inputs`; returns the loss and the parameter gradients."""
+    """One `compute_loss` + backward on a fresh copy of `inputs`; returns the loss and the parameter gradients.
+
+    With `spurious_stats_scope="step"` the batch is a whole optimizer step of one micro-batch.
+    """
     trainer.model.train()
     trainer.model.zero_grad()
     trainer.current_gradient_accumulation_steps = gradient_accumulation_steps
-    loss = trainer.compute_loss(trainer.model, copy.deepcopy(inputs))
+    inputs = copy.deepcopy(inputs)
+    if getattr(trainer, "_scores_whole_steps", False):  # a one-micro-batch step, decided as `Trainer.train()` decides a step
+        trainer._step_plan = trainer._plan_step([inputs])
+    loss = trainer.compute_loss(trainer.model, inputs)
     loss.backward()
     grads = {name: param.grad.clone() for name, param in trainer.model.named_parameters() if param.grad is not None}
     return loss.detach(), grads

@@ -212,7 +212,7 @@ def test_everything_silenced_gives_zero_loss_and_zero_gradients(tmp_path):
     loss, grads = loss_and_grads(trainer, inputs)
     assert loss.item() == 0.0
     assert all(torch.all(grad == 0.0) for grad in grads.values())
-    assert trainer._metrics["train"]["stapo/masked_frac"][-1] == 1.0
+    assert trainer._finish_s2t_window("train")["stapo/masked_frac"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -235,7 +235,7 @@ def test_s2t_combines_with_trl_features(tmp_path, settings):
     assert all(torch.isfinite(grad).all() for grad in grads.values())
     if "entropy_coef" not in settings:  # the entropy bonus acts on the entropy, not on the sampled token's log-prob
         assert torch.all(logp_grads[spurious] == 0.0)
-    assert trainer._metrics["train"]["stapo/masked_tokens"][-1] == spurious.sum().item()
+    assert trainer._finish_s2t_window("train")["stapo/masked_tokens"] == spurious.sum().item()
 
 
 def test_renormalised_entropy_mask_divides_by_kept_tokens(tmp_path):
@@ -270,7 +270,7 @@ def test_vllm_importance_sampling_correction(tmp_path):
     assert all(torch.isfinite(grad).all() for grad in grads.values())
     assert torch.all(logp_grads[spurious] == 0.0)
     assert logp_grads[2, 0] == 0.0
-    assert trainer._metrics["train"]["stapo/nonfinite_tokens"][-1] == 1.0
+    assert trainer._finish_s2t_window("train")["stapo/nonfinite_tokens"] == 1.0
 
 
 def test_nonfinite_inputs_are_excluded_and_counted(tmp_path):
@@ -281,13 +281,13 @@ def test_nonfinite_inputs_are_excluded_and_counted(tmp_path):
     loss, grads = loss_and_grads(trainer, inputs)
     assert torch.isfinite(loss)
     assert all(torch.isfinite(grad).all() for grad in grads.values())
-    assert trainer._metrics["train"]["stapo/nonfinite_tokens"][-1] == 7.0
+    assert trainer._finish_s2t_window("train")["stapo/nonfinite_tokens"] == 7.0
 
 
 def test_metrics_are_logged(tmp_path):
     trainer, inputs, spurious, logps = s2t_trainer(tmp_path)
     loss_and_grads(trainer, inputs)
-    metrics = {name: values[-1] for name, values in trainer._metrics["train"].items()}
+    metrics = trainer._finish_s2t_window("train")
     num_tokens = inputs["completion_mask"].sum().item()
     assert metrics["stapo/masked_tokens"] == spurious.sum().item()
     assert metrics["stapo/masked_frac"] == pytest.approx(spurious.sum().item() / num_tokens)

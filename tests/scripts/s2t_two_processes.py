@@ -35,20 +35,21 @@ def main(output_path, prob_threshold):
     local["num_items_in_batch"] = full["num_items_in_batch"]  # TRL's count is global
 
     captured = {}
-    find_spurious_tokens = trainer_module.find_spurious_tokens
+    find_spurious_tokens_in_batches = trainer_module.find_spurious_tokens_in_batches
 
     def capture(*args, **kwargs):
-        captured["result"] = find_spurious_tokens(*args, **kwargs)
-        return captured["result"]
+        found = find_spurious_tokens_in_batches(*args, **kwargs)
+        (captured["result"],) = found
+        return found
 
-    trainer_module.find_spurious_tokens = capture
+    trainer_module.find_spurious_tokens_in_batches = capture
     loss, grads = loss_and_grads(trainer, local)
     mean_loss = accelerator.reduce(loss.clone(), reduction="mean")
     averaged = {name: accelerator.reduce(grad.contiguous(), reduction="mean") for name, grad in grads.items()}
     gathered = accelerator.gather(captured["result"].spurious.int())
     spurious = torch.empty_like(gathered)
     spurious[torch.tensor(ROWS_OF_RANK).reshape(-1)] = gathered
-    metrics = {name: values[-1] for name, values in trainer._metrics["train"].items()}
+    metrics = trainer._finish_s2t_window("train")
     if accelerator.is_main_process:
         torch.save(
             {
