@@ -37,9 +37,15 @@ class RecordingSTAPOTrainer(STAPOTrainer):
         return super()._compute_loss(model, inputs)
 
     def _plan_step(self, step_inputs):
+        self.steps[-1]["scores"] = []
         plan = super()._plan_step(step_inputs)
         self.steps[-1]["silenced"] = [decision.silenced.clone() for decision in plan.decisions]
         return plan
+
+    def _score_without_gradient(self, inputs):
+        logps, entropies = super()._score_without_gradient(inputs)
+        self.steps[-1]["scores"].append((logps.detach().clone(), entropies.detach().clone()))
+        return logps, entropies
 
     def optimizer_step_grads(self):
         """Call from `on_pre_optimizer_step`: keeps the accumulated gradients of the step."""

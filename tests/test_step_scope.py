@@ -99,3 +99,62 @@ def test_step_equals_whole_step_reference(tmp_path, gradient_accumulation_steps,
     assert silenced > 0, "the case must silence tokens"
     if gradient_accumulation_steps > 1:
         assert differs, "the step's tau_h must differ from every micro-batch's own in some step"
+
+
+def test_generation_time_pass_is_reused(tmp_path, monkeypatch):
+    """With steps_per_generation > GA, the first step after a generation takes TRL's own scoring pass; later steps of
+    the same generation batch are scored again with their weights."""
+    from trl import GRPOTrainer
+
+    calls = []
+    forward = GRPOTrainer._get_per_token_logps_and_entropies
+
+    def counting(self, *args, **kwargs):
+        calls.append((self.state.global_step, torch.is_grad_enabled(), kwargs.get("compute_entropy", False)))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", counting)
+    trainer = recording_trainer(tmp_path, gradient_accumulation_steps=1, steps_per_generation=2)
+    trainer.train()
+    without_gradient = [(step, entropy) for step, grad, entropy in calls if not grad]
+    # step 0: TRL's generation-time pass (with the entropies S2T needs), no scoring pass; step 1: one scoring pass
+    assert without_gradient == [(0, True), (1, True)]
+    assert [step for step, grad, _ in calls if grad] == [0, 1]
+    first = trainer.steps[0]
+    assert torch.equal(first["scores"][0][0], first["inputs"][0]["old_per_token_logps"])
+
+
+def test_logged_metrics_are_window_sums(tmp_path):
+    """Two logging windows of three optimizer steps (GA 2, steps_per_generation 4): every stapo/* metric equals the
+    counts taken by hand from the recorded masks and scores of the window's steps."""
+    trainer = recording_trainer(tmp_path, gradient_accumulation_steps=2, steps_per_generation=4, max_steps=6)
+    trainer.args.logging_steps = 3
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "stapo/masked_frac" in entry]
+    assert [entry["step"] for entry in logged] == [3, 6]
+    tau_p, q = trainer.args.spurious_prob_threshold, trainer.args.spurious_entropy_quantile
+    for entry, window in zip(logged, (trainer.steps[:3], trainer.steps[3:]), strict=True):
+        silenced = scored = candidates = 0
+        silenced_probs, scored_entropies, thresholds = [], [], []
+        for step in window:
+            step_candidates = []
+            for inputs, (logps, entropies), mask in zip(step["inputs"], step["scores"], step["silenced"], strict=True):
+                loss_mask = inputs["completion_mask"].bool()
+                found = loss_mask & (inputs["advantages"] > 0).unsqueeze(1) & (logps.exp() < tau_p)
+                step_candidates.append(entropies[found])
+                silenced += int(mask.sum())
+                scored += int(loss_mask.sum())
+                candidates += int(found.sum())
+                silenced_probs.append(logps.exp()[mask])
+                scored_entropies.append(entropies[loss_mask])
+            thresholds.append(torch.quantile(torch.cat(step_candidates), q).item())
+        assert silenced > 0
+        assert entry["stapo/masked_tokens"] == pytest.approx(silenced / 3, rel=1e-9)
+        assert entry["stapo/masked_frac"] == pytest.approx(silenced / scored, rel=1e-9)
+        assert entry["stapo/candidate_frac"] == pytest.approx(candidates / scored, rel=1e-9)
+        assert entry["stapo/entropy_threshold"] == pytest.approx(sum(thresholds) / 3, rel=1e-6)
+        assert entry["stapo/masked_prob_mean"] == pytest.approx(torch.cat(silenced_probs).mean().item(), rel=1e-6)
+        assert entry["stapo/nonfinite_tokens"] == 0.0
+        exact = torch.quantile(torch.cat(scored_entropies), torch.tensor([0.1, 0.5, 0.9])).tolist()
+        for name, value in zip(("stapo/entropy_p10", "stapo/entropy_p50", "stapo/entropy_p90"), exact, strict=True):
+            assert entry[name] == pytest.approx(value, rel=0.02), name  # fixed bins are 1.6% wide

@@ -191,16 +191,107 @@ def test_s2t_loss_equals_renormalised_reference(tmp_path, loss_type):
 
 
 def test_dapo_normaliser_with_gradient_accumulation(tmp_path):
-    """With accumulation, TRL's normaliser is scaled by this micro-batch's kept/total ratio."""
-    trainer, inputs, spurious, logps = s2t_trainer(tmp_path, gradient_accumulation_steps=2)
+    """micro_batch scope with accumulation: TRL's normaliser is scaled by this micro-batch's kept/total ratio."""
+    trainer, inputs, spurious, logps = s2t_trainer(
+        tmp_path, gradient_accumulation_steps=2, steps_per_generation=4, spurious_stats_scope="micro_batch"
+    )
     loss, _, _ = grads_of_logps(trainer, inputs, gradient_accumulation_steps=2)
     keep = inputs["completion_mask"].bool() & ~spurious
     total = inputs["completion_mask"].sum()
-    # TRL: normaliser = num_items / processes * accumulation / steps_per_generation = 14 * 2 / 2
-    trl_normaliser = total.float() * 2 / trainer.args.steps_per_generation
+    # TRL: normaliser = num_items / processes * accumulation / steps_per_generation = 18 * 2 / 4
+    trl_normaliser = total.float() * 2 / 4
     reference = stapo_policy_loss(logps, inputs["old_per_token_logps"], inputs["advantages"], keep, 0.2, 0.28)
     expected = reference * keep.sum() / (trl_normaliser * keep.sum() / total)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def one_silenced_token_threshold(logps, entropies, inputs):
+    """With tau_p = 1, an absolute tau_h between the two lowest entropies of positive tokens silences exactly one."""
+    positive = inputs["completion_mask"].bool() & (inputs["advantages"] > 0).unsqueeze(1)
+    lowest = torch.sort(entropies[positive]).values[:2]
+    return ((lowest[0] + lowest[1]) / 2).item()
+
+
+@pytest.mark.parametrize("scope", ["step", "micro_batch"])
+def test_normaliser_has_no_jump_when_the_first_token_is_silenced(tmp_path, scope):
+    """GA 1, steps_per_generation 4: one micro-batch of 18 tokens out of a generation batch of 53.
+
+    TRL divides every micro-step by the generation batch's average, 53 / 4 = 13.25. Silencing one token moves the
+    denominator by one token's share: micro_batch scales TRL's by 17/18; step divides by the step's kept tokens, 18
+    then 17 (the paper's rule).
+    """
+    denominators = {}
+    for case, absolute_tau_h in (("none", 0.0), ("one", None)):
+        trainer = build_trainer(
+            STAPOTrainer, STAPOConfig, tmp_path / case, gradient_accumulation_steps=1, steps_per_generation=4,
+            spurious_stats_scope=scope, spurious_prob_threshold=1.0, spurious_entropy_threshold=0.0,
+        )  # fmt: skip
+        inputs = hand_batch(trainer.processing_class)
+        inputs["num_items_in_batch"] = torch.tensor(53)
+        logps, entropies = current_logps_and_entropies(trainer, inputs)
+        if absolute_tau_h is None:
+            trainer.args.spurious_entropy_threshold = one_silenced_token_threshold(logps, entropies, inputs)
+        loss, _ = loss_and_grads(trainer, inputs)
+        metrics = trainer._finish_s2t_window("train")
+        assert metrics["stapo/masked_tokens"] == (0 if case == "none" else 1)
+        keep = inputs["completion_mask"].bool()
+        if case == "one":
+            positive = keep & (inputs["advantages"] > 0).unsqueeze(1)
+            keep = keep & ~(positive & (entropies < trainer.args.spurious_entropy_threshold))
+        kept_sum = stapo_policy_loss(
+            logps, inputs["old_per_token_logps"], inputs["advantages"], keep, 0.2, 0.28, num_kept_tokens=1
+        )
+        denominators[case] = (kept_sum / loss).item()
+    expected = {"micro_batch": (13.25, 13.25 * 17 / 18), "step": (18.0, 17.0)}[scope]
+    assert denominators["none"] == pytest.approx(expected[0], rel=1e-5)
+    assert denominators["one"] == pytest.approx(expected[1], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("scope", "gradient_accumulation_steps", "steps_per_generation"),
+    [("micro_batch", 1, 4), ("micro_batch", 2, 2), ("micro_batch", 4, 1), ("step", 1, 1), ("step", 2, 2)],
+)
+def test_nothing_silenced_is_bit_identical_to_grpo_trainer(
+    tmp_path, scope, gradient_accumulation_steps, steps_per_generation
+):
+    """S2T on with nothing silenced leaves TRL's loss untouched wherever TRL's normaliser is the scope's own count:
+    every shape for micro_batch, gradient accumulation == steps_per_generation for step (the whole step is the
+    generation batch)."""
+    shape = {"gradient_accumulation_steps": gradient_accumulation_steps, "steps_per_generation": steps_per_generation}
+    grpo, _ = trainer_pair(tmp_path, **shape, **loss_type_settings("dapo"))
+    stapo = build_trainer(
+        STAPOTrainer, STAPOConfig, tmp_path / "on", model=copy.deepcopy(grpo.model), spurious_stats_scope=scope,
+        spurious_prob_threshold=1.0, spurious_entropy_threshold=0.0, **shape,
+    )  # fmt: skip
+    inputs = hand_batch(grpo.processing_class)
+    assert_same(
+        *loss_and_grads(grpo, inputs, gradient_accumulation_steps),
+        *loss_and_grads(stapo, inputs, gradient_accumulation_steps),
+    )
+    metrics = stapo._finish_s2t_window("train")
+    assert metrics["stapo/masked_tokens"] == 0 and metrics["stapo/candidate_frac"] > 0
+
+
+def test_a_lone_candidate_is_silenced_by_the_step_threshold(tmp_path, monkeypatch):
+    """A micro-batch holding one candidate: silenced when the step's tau_h says so; never on its own."""
+    trainer = build_trainer(STAPOTrainer, STAPOConfig, tmp_path, spurious_prob_threshold=0.002, gradient_accumulation_steps=2)
+    lone, crowded = hand_batch(trainer.processing_class, seed=0), hand_batch(trainer.processing_class, seed=1)
+    low_p, high_p = math.log(0.001), math.log(0.5)
+    lone_logps = torch.full(lone["completion_ids"].shape, high_p)
+    lone_logps[0, 0] = low_p  # the only candidate of this micro-batch: positive advantage, p < tau_p
+    lone_entropies = torch.full(lone["completion_ids"].shape, 0.2)
+    crowded_logps = torch.full(crowded["completion_ids"].shape, high_p)
+    crowded_logps[0, :4] = low_p  # four candidates with entropies 1, 2, 3, 4
+    crowded_entropies = torch.zeros(crowded["completion_ids"].shape)
+    crowded_entropies[0, :4] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    scores = {id(lone): (lone_logps, lone_entropies), id(crowded): (crowded_logps, crowded_entropies)}
+    monkeypatch.setattr(trainer, "_score_without_gradient", lambda inputs: scores[id(inputs)])
+    plan = trainer._plan_step([lone, crowded])
+    # candidates' entropies {0.2, 1, 2, 3, 4}: the 0.75-quantile is 3, so 0.2, 1 and 2 are silenced
+    assert plan.decisions[0].silenced.nonzero().tolist() == [[0, 0]]
+    assert plan.decisions[1].silenced[0, :4].tolist() == [True, True, False, False]
+    (alone,) = trainer._decide([lone], [scores[id(lone)]], "train")
+    assert not alone.silenced.any()  # a lone candidate is never below its own 0.75-quantile
 
 
 def test_everything_silenced_gives_zero_loss_and_zero_gradients(tmp_path):
