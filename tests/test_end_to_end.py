@@ -63,9 +63,20 @@ def test_silenced_tokens_are_recorded_and_model_card_has_settings(tmp_path):
         assert record["token"] in vocabulary
         assert record["context"].startswith("What is")  # the prompt (and completion so far) precede the token
         assert 0 < record["prob"] < 0.05 and record["entropy"] > 0 and record["advantage"] > 0
+        assert 0 <= record["completion"] < trainer.args.per_device_train_batch_size
+        assert 0 <= record["position"] < trainer.args.max_completion_length
+    keys = [(record["step"], record["completion"], record["position"]) for record in records]
+    assert len(set(keys)) == len(keys)  # each row is one token of one completion
 
     (tmp_path / "eval_results.json").write_text("not json")  # unreadable results are skipped, not fatal
     trainer.create_model_card(model_name="tiny")
     card = (tmp_path / "README.md").read_text()
     assert "STAPO" in card and "2602.15620" in card
     assert "| tau_p (probability threshold) | 0.05 |" in card
+    assert "| scope of tau_h and of the denominator | step |" in card
+
+    trainer.create_model_card()  # no name, no Hub repository: named after the output folder, loadable from it
+    card = (tmp_path / "README.md").read_text()
+    assert f"# Model Card for {tmp_path.name}" in card
+    assert f'pipeline("text-generation", model="{tmp_path}"' in card
+    assert "None" not in card
