@@ -255,11 +255,12 @@ def _zero_reward(completions, **kwargs):
     return [0.0 for _ in completions]
 
 
-VARIANTS = ("grpo", "stapo_s2t_off", "stapo_s2t_on")
+VARIANTS = ("grpo", "stapo_s2t_off", "stapo_s2t_on_micro_batch", "stapo_s2t_on")
 VARIANT_LABELS = {
     "grpo": "TRL GRPOTrainer",
     "stapo_s2t_off": "STAPOTrainer, S2T off",
-    "stapo_s2t_on": "STAPOTrainer, S2T on",
+    "stapo_s2t_on_micro_batch": "STAPO, S2T on, micro_batch",
+    "stapo_s2t_on": "STAPO, S2T on, step",
 }
 
 
@@ -306,8 +307,11 @@ def build_trainer(
     )
     if variant == "grpo":
         trainer_class, config = GRPOTrainer, GRPOConfig(**settings)
-    elif variant in ("stapo_s2t_on", "stapo_s2t_off"):
-        config = STAPOConfig(silence_spurious_tokens=variant == "stapo_s2t_on", **settings)
+    elif variant in ("stapo_s2t_on", "stapo_s2t_on_micro_batch", "stapo_s2t_off"):
+        scope = "micro_batch" if variant == "stapo_s2t_on_micro_batch" else "step"
+        config = STAPOConfig(
+            silence_spurious_tokens=variant != "stapo_s2t_off", spurious_stats_scope=scope, **settings
+        )
         trainer_class = STAPOTrainer
     else:
         raise ValueError(f"unknown variant {variant!r}")
@@ -326,9 +330,16 @@ def build_trainer(
 
 
 def optimizer_step(trainer, batch: dict) -> None:
-    """One optimizer step on a prepared batch: `training_step` (loss + backward), clipping, AdamW, zero_grad."""
+    """One optimizer step on a prepared batch: `training_step` (loss + backward), clipping, AdamW, zero_grad.
+
+    With `spurious_stats_scope="step"` the step is first decided as `STAPOTrainer` decides it in training (the
+    gradient-free scoring pass over the step's one micro-batch, then the step-wide S2T decision).
+    """
     model = trainer.model
-    trainer.training_step(model, clone_batch(batch), batch["num_items_in_batch"])
+    inputs = clone_batch(batch)
+    if getattr(trainer, "_scores_whole_steps", False):
+        trainer._step_plan = trainer._plan_step([inputs])
+    trainer.training_step(model, inputs, batch["num_items_in_batch"])
     torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)

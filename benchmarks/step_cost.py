@@ -9,6 +9,11 @@ identical copy of the model and sees the same batch at every step; the trainers 
 rotating order, so that background load on a shared machine hits all of them alike. The figure is the median over
 the timed rounds, after warm-up rounds.
 
+Also measured: whole RL steps with generation (`trainer.train()` on the tiny character model, sampling included)
+under `spurious_stats_scope="step"` and `"micro_batch"`, at steps_per_generation = GA (every step scored again) and
+steps_per_generation = 4 x GA (the paper's 4 updates per generation: the first update of each generation reuses TRL's
+generation-time pass), to put the step scope's extra forward next to the rest of an RL step.
+
 Also measured, on untimed steps:
 - forward passes per step (a pre-hook counts calls of the decoder backbone, for each trainer on the same step);
 - the largest tensor created by STAPO's own code (a `TorchDispatchMode` records the shape of every tensor produced
@@ -32,6 +37,7 @@ import copy
 import gc
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -258,6 +264,7 @@ class OwnTimeMeter:
             self.restores.append(lambda: setattr(owner, name, original))
 
         wrap(STAPOTrainer, "_compute_loss", True)
+        wrap(STAPOTrainer, "_plan_step", True)  # spurious_stats_scope="step": the step-wide decision
         for name in ("_compute_loss", "_get_per_token_logps_and_entropies", "get_high_entropy_mask"):
             wrap(GRPOTrainer, name, False)
 
@@ -296,6 +303,7 @@ def record_tensor_shapes(trainer, batch) -> list:
     regions = _Regions()
     restores = [
         _wrap(STAPOTrainer, "_compute_loss", regions, "stapo"),
+        _wrap(STAPOTrainer, "_plan_step", regions, "stapo"),
         _wrap(GRPOTrainer, "_compute_loss", regions, "parent"),
         _wrap(GRPOTrainer, "_get_per_token_logps_and_entropies", regions, "parent"),
         _wrap(GRPOTrainer, "get_high_entropy_mask", regions, "parent"),
@@ -429,6 +437,60 @@ def rss_in_fresh_processes(args, argv) -> dict:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _digit_reward(completions, **kwargs):
+    return [float(sum(character.isdigit() for character in completion)) for completion in completions]
+
+
+def rl_steps_with_generation(repeats=2, max_steps=4) -> dict:
+    """Wall time of `trainer.train()` (generation + scoring + updates) under each scope, interleaved."""
+    from datasets import Dataset
+
+    from _common import char_tokenizer
+    from stapo_trl import STAPOConfig, STAPOTrainer
+    from stapo_trl.tiny import build_tiny_qwen3
+
+    tokenizer = char_tokenizer()
+    dataset = Dataset.from_list([{"prompt": f"What is {a}+{b}?"} for a in range(10) for b in range(10)])
+    results = {}
+    for steps_per_generation in (4, 16):
+        times = {"step": [], "micro_batch": []}
+        for repeat in range(repeats):
+            for scope in ("step", "micro_batch") if repeat % 2 == 0 else ("micro_batch", "step"):
+                config = STAPOConfig(
+                    output_dir=tempfile.mkdtemp(prefix="bench-rl-"), bf16=False, use_cpu=not torch.cuda.is_available(),
+                    report_to=[], per_device_train_batch_size=8, num_generations=8, gradient_accumulation_steps=4,
+                    steps_per_generation=steps_per_generation, max_completion_length=32, max_steps=max_steps,
+                    logging_steps=max_steps, save_strategy="no", seed=0, disable_tqdm=True,
+                    spurious_prob_threshold=0.05, spurious_stats_scope=scope,
+                )  # fmt: skip
+                trainer = STAPOTrainer(
+                    model=build_tiny_qwen3(tokenizer, max_position_embeddings=64).to(device()),
+                    reward_funcs=_digit_reward,
+                    args=config,
+                    train_dataset=dataset,
+                    processing_class=tokenizer,
+                )
+                synchronize()
+                start = time.perf_counter()
+                trainer.train()
+                synchronize()
+                times[scope].append(time.perf_counter() - start)
+        ratio = summary(times["step"])["median"] / summary(times["micro_batch"])["median"]
+        results[f"steps_per_generation_{steps_per_generation}"] = {
+            "gradient_accumulation_steps": 4,
+            "optimizer_steps": max_steps,
+            "train_s": {scope: summary(values) for scope, values in times.items()},
+            "step_over_micro_batch": ratio,
+        }
+        print(
+            f"RL steps with generation, GA 4, steps_per_generation {steps_per_generation}: train() step "
+            f"{summary(times['step'])['median']:.1f}s vs micro_batch {summary(times['micro_batch'])['median']:.1f}s "
+            f"(x{ratio:.3f})",
+            flush=True,
+        )
+    return results
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -483,6 +545,8 @@ def main(argv=None):
     ratios = {variant: timing[variant]["median"] / base for variant in VARIANTS}
     target = GPU_TARGET if dev.type == "cuda" else CPU_TARGET
 
+    rl_steps = rl_steps_with_generation(repeats=1 if args.quick else 2, max_steps=2 if args.quick else 4)
+
     # 2. Forward passes per step.
     forward_counts = {variant: count_forward_passes(trainers[variant], batch) for variant in VARIANTS}
 
@@ -521,8 +585,22 @@ def main(argv=None):
             f"{VARIANT_LABELS[variant]:24s} {t['median']:.3f}s  (p25 {t['p25']:.3f}, p75 {t['p75']:.3f})  ratio to "
             f"GRPO {ratios[variant]:.4f}  paired-ratio median {paired[variant]['median']:.4f}"
         )
-    overhead = ratios["stapo_s2t_on"] - 1
-    print(f"S2T-on overhead vs GRPOTrainer: {overhead * 100:+.2f}% (target <= {target * 100:.0f}% on {dev.type})")
+    overhead = ratios["stapo_s2t_on_micro_batch"] - 1
+    print(
+        f"S2T-on (micro_batch) overhead vs GRPOTrainer: {overhead * 100:+.2f}% (target <= {target * 100:.0f}% on "
+        f"{dev.type})"
+    )
+    step_scope_ratio = {
+        "median_ratio": timing["stapo_s2t_on"]["median"] / timing["stapo_s2t_on_micro_batch"]["median"],
+        "paired_round_ratio_median": summary(
+            [a / b for a, b in zip(times["stapo_s2t_on"], times["stapo_s2t_on_micro_batch"], strict=True)]
+        )["median"],
+    }
+    print(
+        f"spurious_stats_scope='step' vs 'micro_batch': optimizer step x{step_scope_ratio['median_ratio']:.3f} "
+        f"(paired rounds x{step_scope_ratio['paired_round_ratio_median']:.3f}); the step scope adds one gradient-free "
+        "forward per micro-batch (generation is not in this step and would dilute it)"
+    )
     own_fraction = {v: own_timing[v]["median"] / base for v in own_timing}
     for variant in own_timing:
         print(
@@ -574,6 +652,8 @@ def main(argv=None):
             "stapo_own_code_fraction_of_grpo_step": own_fraction,
             "target_overhead": target,
             "stapo_overhead": overhead,
+            "step_scope_over_micro_batch_scope": step_scope_ratio,
+            "rl_steps_with_generation": rl_steps,
             "forward_passes_per_step": forward_counts,
             "tensor_check": tensors,
             "memory": memory,

@@ -80,7 +80,7 @@ def test_two_processes_step_equals_whole_step_reference(tmp_path):
     torchrun(STEP_SCRIPT, str(output), timeout=900)
     results = torch.load(output, weights_only=False)
     assert sorted(results) == sorted(SHAPES)
-    for (gradient_accumulation_steps, _), steps in results.items():
+    for (gradient_accumulation_steps, _, _), steps in results.items():
         assert len(steps) == 2
         silenced, differs = 0, False
         for step in steps:

@@ -16,7 +16,8 @@ from stapo_trl import STAPOConfig
 # A random tiny model spreads its probability over ~30 tokens: tau_p = 0.05 makes about half the positive tokens
 # candidates, so every micro-batch holds several and their entropies differ.
 STEP_CASE_SETTINGS = dict(spurious_prob_threshold=0.05, spurious_entropy_quantile=0.75, learning_rate=0.02)
-SHAPES = [(ga, spg) for ga in (1, 2, 4) for spg in (1, 2, 4)]
+# (gradient_accumulation_steps, steps_per_generation, num_iterations)
+SHAPES = [(ga, spg, 1) for ga in (1, 2, 4) for spg in (1, 2, 4)] + [(1, 2, 2), (2, 2, 2)]
 
 
 class KeepGradients(TrainerCallback):
@@ -27,7 +28,9 @@ class KeepGradients(TrainerCallback):
         self.trainer.optimizer_step_grads()
 
 
-def recording_trainer(output_dir, gradient_accumulation_steps, steps_per_generation, max_steps=2, **settings):
+def recording_trainer(
+    output_dir, gradient_accumulation_steps, steps_per_generation, num_iterations=1, max_steps=2, **settings
+):
     tokenizer = tiny_tokenizer()
     config = STAPOConfig(
         output_dir=str(output_dir),
@@ -39,6 +42,7 @@ def recording_trainer(output_dir, gradient_accumulation_steps, steps_per_generat
         max_completion_length=6,
         gradient_accumulation_steps=gradient_accumulation_steps,
         steps_per_generation=steps_per_generation,
+        num_iterations=num_iterations,
         max_steps=max_steps,
         max_grad_norm=0.0,
         logging_steps=1,
@@ -81,9 +85,9 @@ def own_thresholds(candidate_entropies, quantile):
     return [torch.quantile(values, quantile).item() for values in candidate_entropies if values.numel()]
 
 
-@pytest.mark.parametrize(("gradient_accumulation_steps", "steps_per_generation"), SHAPES)
-def test_step_equals_whole_step_reference(tmp_path, gradient_accumulation_steps, steps_per_generation):
-    trainer = recording_trainer(tmp_path, gradient_accumulation_steps, steps_per_generation)
+@pytest.mark.parametrize(("gradient_accumulation_steps", "steps_per_generation", "num_iterations"), SHAPES)
+def test_step_equals_whole_step_reference(tmp_path, gradient_accumulation_steps, steps_per_generation, num_iterations):
+    trainer = recording_trainer(tmp_path, gradient_accumulation_steps, steps_per_generation, num_iterations)
     trainer.train()
     assert len(trainer.steps) == 2
     differs, silenced = False, 0

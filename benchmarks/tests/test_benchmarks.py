@@ -53,12 +53,24 @@ def test_s2t_op_bookkeeping_matches_the_rule():
 
     inputs = s2t_op.synthetic_inputs(4, 64, improbable_fraction=0.5)
     found = s2t_op.op_find(inputs)
-    counts, percentiles, keep = s2t_op.op_bookkeeping(inputs, found)
+    counts, histogram, keep = s2t_op.op_bookkeeping(inputs, found)
     assert int(counts[4]) == int(found.spurious.sum())
     assert int(counts[2]) == int(keep.sum()) == int(inputs["mask"].sum()) - int(found.spurious.sum())
+    assert int(histogram.sum()) == int(inputs["mask"].sum())
     assert bool((found.spurious <= found.candidates).all())
     loss = s2t_op.op_loss(inputs, keep)
     assert torch.isfinite(loss)
+
+
+def test_s2t_op_scope_decisions_count_the_lone_candidates():
+    import s2t_op
+
+    # one candidate per micro-step on average: alone it is never silenced per micro-batch, often per step
+    result = s2t_op.scope_decisions(1, micro_steps=16, seeds=2)
+    shares = result["silenced_share_of_candidates"]
+    assert result["candidates"] > 0
+    assert shares["micro_batch"] < shares["step"]
+    assert 0 < result["differing_decisions_share_of_candidates"] <= 1
 
 
 def test_step_cost_tensor_check_flags_a_vocab_sized_tensor():

@@ -1,6 +1,6 @@
 """Run by `torchrun --nproc_per_node 2` from tests/test_multiprocess.py: `spurious_stats_scope="step"` on two processes.
 
-For every (gradient accumulation, steps_per_generation) shape of tests/test_step_scope.py, both ranks train two
+For every (gradient accumulation, steps_per_generation, num_iterations) shape of tests/test_step_scope.py, both ranks train two
 optimizer steps; rank 0 collects every micro-batch of every step from both ranks, recomputes each step with
 `whole_step_reference` and saves, per shape and step, the trainer's loss (mean over ranks, as DDP's gradient is) and
 averaged gradients next to the reference for the test to compare.
@@ -18,12 +18,8 @@ from test_step_scope import SHAPES, recording_trainer, reference_of  # noqa: E40
 
 def main(output_path):
     results = {}
-    for gradient_accumulation_steps, steps_per_generation in SHAPES:
-        trainer = recording_trainer(
-            Path(output_path).parent / f"run-{gradient_accumulation_steps}-{steps_per_generation}",
-            gradient_accumulation_steps,
-            steps_per_generation,
-        )
+    for shape in SHAPES:
+        trainer = recording_trainer(Path(output_path).parent / "run-{}-{}-{}".format(*shape), *shape)
         assert trainer.accelerator.num_processes == 2, trainer.accelerator.state
         trainer.train()
         steps = []
@@ -43,7 +39,7 @@ def main(output_path):
                     "reference": reference,
                 }
             )
-        results[(gradient_accumulation_steps, steps_per_generation)] = steps
+        results[shape] = steps
     if dist.get_rank() == 0:
         torch.save(results, output_path)
 
