@@ -8,11 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stapo_trl.s2t import (
+    ENTROPY_HISTOGRAM_LOG_BINS,
+    S2T_STATISTICS,
+    entropy_histogram,
     find_candidates,
     find_spurious_tokens,
+    find_spurious_tokens_in_batches,
     global_quantiles,
+    histogram_quantiles,
     linear_quantile,
     nonfinite_tokens,
+    s2t_statistics,
     stapo_policy_loss,
 )
 
@@ -205,3 +211,69 @@ class TestPolicyLoss:
         loss.backward()
         assert loss.item() == 0.0
         assert torch.equal(logps.grad, torch.zeros(2, 3))
+
+
+class TestSeveralMicroBatches:
+    def test_one_threshold_over_micro_batches_of_different_lengths(self):
+        # micro-batch 1: a lone candidate (entropy 0.2); micro-batch 2: candidates {1, 2, 3, 4} and a longer length
+        lone = (torch.tensor([[LOW_P, HIGH_P]]), torch.tensor([[0.2, 0.0]]), torch.tensor([1.0]), torch.ones(1, 2))
+        crowded = (
+            torch.tensor([[LOW_P, LOW_P, LOW_P, LOW_P, HIGH_P]]),
+            torch.tensor([[1.0, 2.0, 3.0, 4.0, 0.0]]),
+            torch.tensor([1.0]),
+            torch.ones(1, 5),
+        )
+        found = find_spurious_tokens_in_batches(*zip(lone, crowded, strict=True))
+        # candidates' entropies {0.2, 1, 2, 3, 4}: the 0.75-quantile is 3
+        assert [f.entropy_threshold.item() for f in found] == [pytest.approx(3.0)] * 2
+        assert found[0].spurious.tolist() == [[True, False]]
+        assert found[1].spurious.tolist() == [[True, True, False, False, False]]
+        assert not find_spurious_tokens(*lone).spurious.any()  # alone, it is its own 0.75-quantile
+
+    def test_one_micro_batch_equals_find_spurious_tokens(self):
+        generator = torch.Generator().manual_seed(0)
+        logps, entropies = -6 * torch.rand(3, 5, generator=generator), torch.rand(3, 5, generator=generator)
+        advantages, mask = torch.tensor([1.0, -1.0, 0.5]), torch.ones(3, 5)
+        (together,) = find_spurious_tokens_in_batches([logps], [entropies], [advantages], [mask], prob_threshold=0.05)
+        alone = find_spurious_tokens(logps, entropies, advantages, mask, prob_threshold=0.05)
+        assert torch.equal(together.spurious, alone.spurious)
+        assert torch.equal(together.entropy_threshold, alone.entropy_threshold)
+
+
+def test_statistics_by_hand():
+    loss_mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    nonfinite = torch.tensor([[False, False, True], [False, False, False]])
+    scored = loss_mask.bool() & ~nonfinite
+    candidates = torch.tensor([[True, True, False], [False, True, False]])
+    silenced = torch.tensor([[True, False, False], [False, True, False]])
+    keep = scored & ~silenced
+    logps = torch.log(torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]))
+    entropies = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    values = dict(zip(S2T_STATISTICS, s2t_statistics(loss_mask, scored, keep, candidates, silenced, nonfinite, logps,
+                                                     entropies).tolist(), strict=True))  # fmt: skip
+    assert values == {
+        "loss_tokens": 5.0, "scored_tokens": 4.0, "kept_tokens": 2.0, "candidate_tokens": 3.0, "silenced_tokens": 2.0,
+        "nonfinite_tokens": 1.0, "silenced_entropy_sum": 6.0, "silenced_prob_sum": pytest.approx(0.6),
+        "scored_entropy_sum": 12.0,
+    }  # fmt: skip
+
+
+class TestEntropyHistogram:
+    def test_counts_add_up_and_zero_lands_in_the_first_bin(self):
+        counts = entropy_histogram(torch.tensor([0.0, 1e-9, 0.5, 3.0, 50.0]))
+        assert counts.shape == (ENTROPY_HISTOGRAM_LOG_BINS + 1,)
+        assert counts.sum().item() == 5 and counts[0].item() == 2 and counts[-1].item() == 1  # 50 nats: the last bin
+        assert torch.equal(entropy_histogram(torch.tensor([0.5, 3.0])) + entropy_histogram(torch.tensor([1.0])),
+                           entropy_histogram(torch.tensor([0.5, 3.0, 1.0])))  # fmt: skip
+
+    @pytest.mark.parametrize("seed", range(3))
+    def test_percentiles_within_a_bin_of_the_exact_ones(self, seed):
+        generator = torch.Generator().manual_seed(seed)
+        values = torch.empty(20_000).exponential_(2.0, generator=generator) ** 2  # many near zero, a long tail
+        estimated = histogram_quantiles(entropy_histogram(values), [0.1, 0.5, 0.9])
+        exact = torch.quantile(values, torch.tensor([0.1, 0.5, 0.9])).tolist()
+        for estimate, truth in zip(estimated, exact, strict=True):
+            assert estimate == pytest.approx(truth, rel=0.017)
+
+    def test_empty_is_none(self):
+        assert histogram_quantiles(entropy_histogram(torch.empty(0)), [0.5]) is None
