@@ -19,7 +19,7 @@ from conftest import tiny_model
 from stapo_trl import evaluation as ev
 from stapo_trl.evaluate import main
 from stapo_trl.evaluation import pipeline
-from stapo_trl.tiny import build_char_tokenizer
+from stapo_trl.tiny import build_addition_tokenizer, build_char_tokenizer
 
 TESTS = Path(__file__).parent
 FIXTURES = TESTS / "fixtures"
@@ -454,7 +454,7 @@ def test_model_revision_is_local_or_the_hub_commit(tmp_path):
 
 @pytest.fixture(scope="module")
 def char_tokenizer():
-    return build_char_tokenizer(["What is 0123456789+? \\boxed{}abcdefghijklmnopqrstuvwxyz.,\n"])
+    return build_addition_tokenizer("abcdefghijklmnopqrstuvwxyz.,\n")
 
 
 def test_format_prompt_plain_text_and_chat_template(char_tokenizer):
@@ -462,7 +462,7 @@ def test_format_prompt_plain_text_and_chat_template(char_tokenizer):
     assert ev.format_prompt(messages) == "What is 1+1?"
     assert ev.format_prompt(messages, char_tokenizer) == "What is 1+1?"  # no chat template: the user content
     assert ev.format_prompt("raw text", char_tokenizer) == "raw text"
-    templated = build_char_tokenizer(["What is 0123456789+? \\boxed{}<>usera"])
+    templated = build_addition_tokenizer("<>usera")
     templated.chat_template = (
         "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
         "{% if add_generation_prompt %}<a>{% endif %}"

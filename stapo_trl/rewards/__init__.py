@@ -27,7 +27,7 @@ from .grading import (
     grade_with_status,
     reward_problem_counts,
 )
-from .pool import shutdown_grader
+from .pool import WORKER_MAX_REQUESTS, WORKER_MEMORY_LIMIT_BYTES, WORKER_STARTUP_TIMEOUT_S, shutdown_grader
 from .reward_functions import accuracy_reward, boxed_reward
 from .settings import DEFAULT_TIMEOUT_S
 
@@ -38,6 +38,9 @@ __all__ = [
     "MAX_BRACE_DEPTH",
     "MAX_GOLD_CHARS",
     "PROBLEM_KEYS",
+    "WORKER_MAX_REQUESTS",
+    "WORKER_MEMORY_LIMIT_BYTES",
+    "WORKER_STARTUP_TIMEOUT_S",
     "accuracy_reward",
     "boxed_reward",
     "completion_text",
