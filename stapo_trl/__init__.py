@@ -5,7 +5,6 @@ do not import torch, transformers or TRL until a command needs them.
 """
 
 import importlib
-from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -28,25 +27,6 @@ _PUBLIC = {
 }
 
 __all__ = [*_PUBLIC, "__version__"]
-
-if TYPE_CHECKING:
-    from .config import STAPOConfig
-    from .s2t import (
-        S2T_STATISTICS,
-        SpuriousTokens,
-        entropy_histogram,
-        find_candidates,
-        find_spurious_tokens,
-        find_spurious_tokens_in_batches,
-        global_quantiles,
-        histogram_quantiles,
-        linear_quantile,
-        nonfinite_tokens,
-        s2t_statistics,
-        stapo_policy_loss,
-    )
-    from .trainer import STAPOTrainer
-
 
 def __getattr__(name: str):
     # Unknown names raise AttributeError, which lets `from stapo_trl import data` fall through to the submodule.

@@ -11,6 +11,7 @@ Also `python -m stapo_trl.evaluate`. See `stapo_trl.evaluation` for the files wr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -164,33 +165,15 @@ def config_from_args(args: argparse.Namespace) -> ev.EvalConfig:
             raise ValueError(f"--chat_template_kwargs: not valid JSON ({error})") from None
     if args.model is None:
         raise ValueError("--model is required (or use --compare)")
-    return ev.EvalConfig(
-        model=args.model,
-        revision=args.revision,
-        output_dir=args.output_dir,
-        benchmarks=args.benchmarks,
-        decoding=args.decoding,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        n=_parse_n(args.n),
-        max_new_tokens=args.max_new_tokens,
-        pass_k=args.pass_k,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        max_problems=args.max_problems,
-        dataset_overrides=overrides,
-        backend=args.backend,
-        tensor_parallel_size=args.tensor_parallel_size,
-        data_parallel_size=args.data_parallel_size,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        max_model_len=args.max_model_len,
-        dtype=args.dtype,
-        max_batch_sequences=args.max_batch_sequences,
-        trust_remote_code=args.trust_remote_code,
-        chat_template_kwargs=chat_template_kwargs,
-        run_name=args.run_name,
-        progress=not args.no_progress,
-    )
+    parsed = {
+        "n": _parse_n(args.n),
+        "dataset_overrides": overrides,
+        "chat_template_kwargs": chat_template_kwargs,
+        "progress": not args.no_progress,
+    }
+    # Every other field of EvalConfig has a flag of the same name.
+    copied = {f.name: getattr(args, f.name) for f in dataclasses.fields(ev.EvalConfig) if f.name not in parsed}
+    return ev.EvalConfig(**copied, **parsed)
 
 
 def run_compare(paths: Sequence[str], labels: Sequence[str] | None = None, output: str | None = None) -> str:

@@ -43,45 +43,27 @@ def build_char_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
     )
 
 
-# Model sizes by name; `build_qwen3(..., **overrides)` changes any field.
+def _size(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, **more: int) -> dict[str, int]:
+    return dict(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate,
+        **more,
+    )
+
+
+# Model sizes by name; `build_qwen3(size, **overrides)` changes any field.
 QWEN3_SIZES: dict[str, dict[str, int]] = {
     # The default tiny model: ~1M parameters with the demo's vocabulary; the CPU demo's size.
-    "tiny": dict(
-        hidden_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=512,
-        max_position_embeddings=128,
-    ),
+    "tiny": _size(128, 4, 4, 2, 512, max_position_embeddings=128),
     # The notebooks' offline mode: warm-starts on single-digit addition in seconds.
-    "notebook": dict(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=256,
-        max_position_embeddings=32,
-    ),
+    "notebook": _size(64, 2, 2, 1, 256, max_position_embeddings=32),
     # The offline tests: the smallest model that still has every Qwen3 piece (GQA, two layers).
-    "test": dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    ),
+    "test": _size(32, 2, 2, 1, 64, max_position_embeddings=128),
     # The architecture of Qwen/Qwen3-1.7B-Base (its config.json), with random weights: the GPU benchmarks.
-    "qwen3-1.7b": dict(
-        vocab_size=151936,
-        hidden_size=2048,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        intermediate_size=6144,
-    ),
+    "qwen3-1.7b": _size(2048, 28, 16, 8, 6144, head_dim=128, vocab_size=151936),
 }
 
 

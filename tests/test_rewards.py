@@ -493,3 +493,18 @@ def test_reward_argument_errors():
     with pytest.raises(ValueError):
         grade_batch(["a"], [])
     assert boxed_reward([], answer=[]) == []
+
+
+def test_settings_from_the_environment(monkeypatch):
+    monkeypatch.setenv("STAPO_GRADER_TIMEOUT", "2.5")
+    monkeypatch.setenv("STAPO_GRADER_WORKERS", "3")
+    monkeypatch.setenv("STAPO_GRADER_BACKEND", " Inline ")
+    settings = GraderSettings()
+    assert (settings.timeout_s, settings.max_workers, settings.backend) == (2.5, 3, "inline")
+    # Unset, unreadable or non-positive values keep the defaults.
+    monkeypatch.setenv("STAPO_GRADER_TIMEOUT", "-1")
+    monkeypatch.setenv("STAPO_GRADER_WORKERS", "two")
+    monkeypatch.setenv("STAPO_GRADER_BACKEND", "threads")
+    settings = GraderSettings()
+    assert (settings.timeout_s, settings.max_workers) == (3.0, min(4, os.cpu_count() or 1))
+    assert settings.backend == "process"

@@ -33,15 +33,6 @@ class Rollout:
         return [row // self.num_generations for row in range(len(self.completions))]
 
 
-def _stop_token_ids(model, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
-        if value is not None:
-            ids.update(value if isinstance(value, (list, tuple)) else [value])
-    return ids
-
-
-@torch.no_grad()
 def sample_group(
     model,
     tokenizer,
@@ -61,40 +52,15 @@ def sample_group(
     template for conversational prompts when the tokenizer has one). Decoding uses the evaluation harness's neutral
     settings (no top-k, no repetition penalty), so the sampled tokens follow the policy at `temperature`.
     """
-    from ..evaluation import SamplingParams, TransformersGenerator, format_prompt
+    from ..evaluation import SamplingParams, TransformersGenerator
 
-    generator = TransformersGenerator(model, tokenizer)
-    config = generator._generation_config(
-        SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    )
-    add_special_tokens = not getattr(tokenizer, "chat_template", None)
-    texts = [format_prompt(prompt, tokenizer) for prompt in prompts]
-    expanded = [text for text in texts for _ in range(num_generations)]
+    generator = TransformersGenerator(model, tokenizer, max_batch_sequences=batch_size)
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    expanded = [generator.format_prompt(prompt) for prompt in prompts for _ in range(num_generations)]
     gold = [str(answer) for answer in answers for _ in range(num_generations)]
-    device = next(model.parameters()).device
-    stop_ids = _stop_token_ids(model, tokenizer)
+    stop_ids = generator.stop_ids()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
-
-    was_training = model.training
-    model.eval()
-    prompt_rows, completion_rows = [], []
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for start in range(0, len(expanded), batch_size):
-                chunk = expanded[start : start + batch_size]
-                encoded = tokenizer(
-                    chunk, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=add_special_tokens
-                ).to(device)
-                output = model.generate(**encoded, generation_config=config)
-                width = encoded["input_ids"].shape[1]
-                for row in range(len(chunk)):
-                    prompt = encoded["input_ids"][row][encoded["attention_mask"][row].bool()].tolist()
-                    prompt_rows.append(prompt)
-                    completion_rows.append(output[row, width:].tolist())
-    finally:
-        model.train(was_training)
+    prompt_rows, completion_rows = zip(*generator.sample_token_ids(expanded, params))
 
     # Cut each completion after its first stop token, as TRL's completion mask does.
     cut = []

@@ -102,7 +102,8 @@ class TransformersGenerator:
     def format_prompt(self, prompt) -> str:
         return format_prompt(prompt, self.tokenizer, self.chat_template_kwargs)
 
-    def _stop_ids(self) -> set[int]:
+    def stop_ids(self) -> set[int]:
+        """The token ids that end a completion: the model's generation config EOS ids and the tokenizer's."""
         ids: set[int] = set()
         for value in (getattr(self.model.generation_config, "eos_token_id", None), self.tokenizer.eos_token_id):
             if value is None:
@@ -110,10 +111,10 @@ class TransformersGenerator:
             ids.update(value if isinstance(value, (list, tuple)) else [value])
         return ids
 
-    def _generation_config(self, params: SamplingParams):
+    def generation_config(self, params: SamplingParams):
         from transformers import GenerationConfig
 
-        stop_ids = sorted(self._stop_ids())
+        stop_ids = sorted(self.stop_ids())
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = stop_ids[0] if stop_ids else 0
@@ -140,25 +141,37 @@ class TransformersGenerator:
         return GenerationConfig(**settings)
 
     def generate(self, prompts: list[str], n: int, params: SamplingParams) -> list[list[Completion]]:
-        import torch
-
         if not prompts:
             return []
         expanded = [prompt for prompt in prompts for _ in range(n)]
-        generation_config = self._generation_config(params)
-        stop_ids = self._stop_ids()
+        stop_ids = self.stop_ids()
+        completions = [
+            self._to_completion(new_tokens, stop_ids, params.max_new_tokens)
+            for _, new_tokens in self.sample_token_ids(expanded, params)
+        ]
+        return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def sample_token_ids(self, texts: list[str], params: SamplingParams) -> list[tuple[list[int], list[int]]]:
+        """`(prompt token ids, sampled token ids)` for each text, in order, in batches of `max_batch_sequences`.
+
+        The RNG is seeded once with `params.seed` (the caller's RNG state is restored after), the model is in eval
+        mode meanwhile; the sampled ids are everything `model.generate` added (padding after an EOS included).
+        """
+        import torch
+
+        generation_config = self.generation_config(params)
         add_special_tokens = not uses_chat_template(self.tokenizer)
         device = _model_input_device(self.model)
         was_training = self.model.training
-        completions: list[Completion] = []
+        sampled: list[tuple[list[int], list[int]]] = []
         rng_devices = [device] if device.type == "cuda" else []
         try:
             self.model.eval()
             with torch.random.fork_rng(devices=rng_devices), torch.inference_mode():
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
-                for start in range(0, len(expanded), self.max_batch_sequences):
-                    chunk = expanded[start : start + self.max_batch_sequences]
+                for start in range(0, len(texts), self.max_batch_sequences):
+                    chunk = texts[start : start + self.max_batch_sequences]
                     encoded = self.tokenizer(
                         chunk,
                         return_tensors="pt",
@@ -171,11 +184,12 @@ class TransformersGenerator:
                         attention_mask=encoded["attention_mask"],
                         generation_config=generation_config,
                     )
-                    new_tokens = output[:, encoded["input_ids"].shape[1] :].tolist()
-                    completions.extend(self._to_completion(row, stop_ids, params.max_new_tokens) for row in new_tokens)
+                    width = encoded["input_ids"].shape[1]
+                    for row, mask in enumerate(encoded["attention_mask"].bool()):
+                        sampled.append((encoded["input_ids"][row][mask].tolist(), output[row, width:].tolist()))
         finally:
             self.model.train(was_training)
-        return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
+        return sampled
 
     def _to_completion(self, token_ids: list[int], stop_ids: set[int], max_new_tokens: int) -> Completion:
         end = next((i for i, token in enumerate(token_ids) if token in stop_ids), None)

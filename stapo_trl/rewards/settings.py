@@ -9,17 +9,10 @@ import os
 DEFAULT_TIMEOUT_S: float = 3.0
 
 
-def _env_float(name: str, default: float) -> float:
+def _positive_from_env(name: str, default, kind: type):
+    """`kind(os.environ[name])` when it is set and positive, else `default`."""
     try:
-        value = float(os.environ[name])
-    except (KeyError, ValueError):
-        return default
-    return value if value > 0 else default
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        value = int(os.environ[name])
+        value = kind(os.environ[name])
     except (KeyError, ValueError):
         return default
     return value if value > 0 else default
@@ -31,8 +24,8 @@ class GraderSettings:
     def __init__(self) -> None:
         backend = os.environ.get("STAPO_GRADER_BACKEND", "process").strip().lower()
         self.backend: str = backend if backend in ("process", "inline") else "process"
-        self.timeout_s: float = _env_float("STAPO_GRADER_TIMEOUT", DEFAULT_TIMEOUT_S)
-        self.max_workers: int = _env_int("STAPO_GRADER_WORKERS", min(4, os.cpu_count() or 1))
+        self.timeout_s: float = _positive_from_env("STAPO_GRADER_TIMEOUT", DEFAULT_TIMEOUT_S, float)
+        self.max_workers: int = _positive_from_env("STAPO_GRADER_WORKERS", min(4, os.cpu_count() or 1), int)
 
 
 grader_settings = GraderSettings()
