@@ -760,9 +760,9 @@ def plot_eval_bars(results: Mapping[str, Mapping[str, Any]], output_path: str | 
     """Final avg@n per benchmark (and their average), one bar per run: `{label: eval_results}`."""
     from matplotlib.figure import Figure
 
-    from .evaluation import _order, display_name
+    from .evaluation import display_name, in_benchmark_order
 
-    names = _order(name for run in results.values() for name in run["benchmarks"])
+    names = in_benchmark_order(name for run in results.values() for name in run["benchmarks"])
     columns = [*names, "average"]
     figure = Figure(figsize=(max(5.0, 1.6 * len(columns) + 2), 3.8), layout="constrained")
     axis = figure.subplots()
