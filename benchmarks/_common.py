@@ -1,6 +1,6 @@
 """Shared helpers of the benchmark scripts: machine description, result files, models, batches and trainers.
 
-Nothing here downloads anything: models are built from a `Qwen3Config` with random weights, and batches are random
+Nothing here downloads anything: models are built by `stapo_trl.tiny.build_qwen3` with random weights, and batches are random
 token ids in the shape `GRPOTrainer._prepare_inputs` hands to `compute_loss`.
 """
 
@@ -23,6 +23,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+
+# The one model and tokenizer builder of the project, re-exported under the names the benchmark scripts use.
+from stapo_trl.tiny import build_addition_tokenizer as char_tokenizer  # noqa: E402, F401
+from stapo_trl.tiny import build_qwen3  # noqa: E402, F401
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -138,49 +142,6 @@ def current_rss_bytes() -> int:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def build_qwen3(
-    vocab_size: int,
-    hidden_size: int,
-    num_hidden_layers: int,
-    num_attention_heads: int,
-    num_key_value_heads: int,
-    intermediate_size: int,
-    head_dim: int | None = None,
-    max_position_embeddings: int = 4096,
-    tie_word_embeddings: bool = True,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    attn_implementation: str = "sdpa",
-):
-    """A randomly initialised Qwen3-architecture causal LM (no download). Token ids 0/1/2 are pad/eos/unk."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    config = Qwen3Config(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        head_dim=head_dim or hidden_size // num_attention_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=tie_word_embeddings,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=None,
-    )
-    config._attn_implementation = attn_implementation
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        with torch.device(device):
-            model = Qwen3ForCausalLM(config)
-    model = model.to(dtype)
-    model.generation_config.pad_token_id = 0
-    model.generation_config.eos_token_id = 1
-    return model
-
-
 def random_batch(
     batch_size: int,
     prompt_length: int,
@@ -237,12 +198,6 @@ def random_batch(
 
 def clone_batch(batch: dict) -> dict:
     return {key: value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value) for key, value in batch.items()}
-
-
-def char_tokenizer():
-    from stapo_trl.tiny import build_char_tokenizer
-
-    return build_char_tokenizer(["What is 0123456789+? \\boxed{}"])
 
 
 def _dummy_dataset(num: int = 16):

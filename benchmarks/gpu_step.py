@@ -26,17 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 
-# Qwen/Qwen3-1.7B-Base config.json (https://huggingface.co/Qwen/Qwen3-1.7B-Base/blob/main/config.json)
-QWEN3_1_7B = dict(
-    vocab_size=151936,
-    hidden_size=2048,
-    num_hidden_layers=28,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    head_dim=128,
-    intermediate_size=6144,
-    tie_word_embeddings=True,
-)
+from stapo_trl.tiny import QWEN3_SIZES  # noqa: E402
+
+# Random weights in the architecture of Qwen/Qwen3-1.7B-Base.
+MODEL_SIZE = "qwen3-1.7b"
+VOCAB_SIZE = QWEN3_SIZES[MODEL_SIZE]["vocab_size"]
 VARIANTS = ("grpo", "stapo_s2t_on")
 
 
@@ -58,10 +52,9 @@ def parse_args(argv=None):
 
 def parameter_count() -> int:
     """Parameters of the 1.7B configuration, built on the meta device (no memory)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from stapo_trl.tiny import build_qwen3
 
-    with torch.device("meta"):
-        model = Qwen3ForCausalLM(Qwen3Config(**QWEN3_1_7B))
+    model = build_qwen3(MODEL_SIZE, device="meta")
     return sum(p.numel() for p in model.parameters())  # shared (tied) parameters are listed once
 
 
@@ -82,7 +75,7 @@ def child(args, variant: str, completion_length: int) -> dict:
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.pure_bf16 else torch.float32
     model = build_qwen3(
-        **{k: v for k, v in QWEN3_1_7B.items()},
+        MODEL_SIZE,
         max_position_embeddings=40960,
         dtype=dtype,
         device="cuda",
@@ -104,7 +97,7 @@ def child(args, variant: str, completion_length: int) -> dict:
     if args.batch_size == 1:
         batch = _single_batch(args, completion_length)
     else:  # one group of `batch_size` completions, full length
-        batch = random_batch(args.batch_size, args.prompt_length, completion_length, QWEN3_1_7B["vocab_size"],
+        batch = random_batch(args.batch_size, args.prompt_length, completion_length, VOCAB_SIZE,
                              num_generations=args.batch_size, device="cuda", min_completion_fraction=1.0)
     times = []
     for step in range(args.warmup + args.steps):
@@ -136,7 +129,7 @@ def _single_batch(args, completion_length):
     """Batch 1: a positive advantage, so that S2T has candidates (an all-zero advantage would skip nothing)."""
     from _common import random_batch
 
-    batch = random_batch(2, args.prompt_length, completion_length, QWEN3_1_7B["vocab_size"], 2, device="cuda",
+    batch = random_batch(2, args.prompt_length, completion_length, VOCAB_SIZE, 2, device="cuda",
                          min_completion_fraction=1.0)
     batch = {k: (v[:1] if k != "num_items_in_batch" else v) for k, v in batch.items()}
     batch["advantages"] = torch.ones(1, device="cuda")

@@ -1,16 +1,47 @@
 """Configuration of the STAPO trainer."""
 
-from dataclasses import dataclass, field
+import netrc
+import os
+from dataclasses import dataclass
 
+import torch
 from trl import GRPOConfig
 
-# Loss types of TRL 1.16 and how S2T renormalises each of them (see `STAPOConfig` below and the README).
-SUPPORTED_LOSS_TYPES = ("dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")
-SPURIOUS_STATS_SCOPES = ("step", "micro_batch")
+from .arguments import SPURIOUS_STATS_SCOPES, SUPPORTED_LOSS_TYPES, STAPOArguments
+
+
+def hardware_bf16(use_cpu: bool = False) -> bool:
+    """Whether bf16 is the right default here: only on a CUDA device that supports it (TRL's default is `True`,
+    which fails on a CPU-only machine)."""
+    return not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def has_wandb_credentials() -> bool:
+    """A W&B API key in `WANDB_API_KEY` or in `~/.netrc` (where `wandb login` puts it)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def fall_back_to_offline_wandb(report_to: list[str], output_dir: str) -> None:
+    """With W&B as a reporter, no API key and no explicit `WANDB_MODE`: log offline to `<output_dir>/wandb` and say
+    how to upload the run, instead of failing at the first log with W&B's `No API key configured`."""
+    if "wandb" not in report_to or os.environ.get("WANDB_MODE") or has_wandb_credentials():
+        return
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_DIR", output_dir)
+    wandb_dir = os.path.join(os.environ["WANDB_DIR"], "wandb")
+    print(
+        "W&B: no API key found (WANDB_API_KEY or `wandb login`), so this run logs offline to "
+        f"{wandb_dir}. Upload it later with: wandb sync {wandb_dir}/offline-run-*"
+    )
 
 
 @dataclass
-class STAPOConfig(GRPOConfig):
+class STAPOConfig(STAPOArguments, GRPOConfig):
     r"""
     Configuration class for the [`STAPOTrainer`].
 
@@ -23,7 +54,10 @@ class STAPOConfig(GRPOConfig):
 
     Only the parameters specific to STAPO are listed here; every [`~trl.GRPOConfig`] parameter keeps its meaning.
     The defaults of `loss_type`, `epsilon`, `epsilon_high` and `beta` are the paper's (they differ from TRL's only
-    in `epsilon_high`).
+    in `epsilon_high`). Two defaults follow the machine, so that the same code runs on a GPU node and on a laptop:
+    `bf16` left unset is on only where a CUDA device supports it (`hardware_bf16`), and W&B without an API key logs
+    offline to `<output_dir>/wandb` (`fall_back_to_offline_wandb`, which `stapo-train` uses too). A non-positive
+    `learning_rate` is rejected here, not by torch when training starts.
 
     Parameters:
         > Parameters that control S2T (silencing spurious tokens)
@@ -61,71 +95,12 @@ class STAPOConfig(GRPOConfig):
             Maximum number of silenced tokens recorded per logging step.
     """
 
-    silence_spurious_tokens: bool = field(
-        default=True,
-        metadata={
-            "help": "Whether to silence spurious tokens (S2T). With `False`, the loss is exactly GRPOTrainer's with "
-            "the same settings."
-        },
-    )
-    spurious_prob_threshold: float = field(
-        default=0.002,
-        metadata={"help": "τ_p: positive-advantage tokens with probability below it are S2T candidates. Range (0, 1]."},
-    )
-    spurious_entropy_quantile: float = field(
-        default=0.75,
-        metadata={
-            "help": "q: candidates with entropy below the q-quantile of the candidates' entropies (whole micro-batch, "
-            "all processes) are silenced. Range [0, 1]."
-        },
-    )
-    spurious_entropy_threshold: float | None = field(
-        default=None,
-        metadata={
-            "help": "Absolute entropy threshold τ_h in nats; when set it replaces `spurious_entropy_quantile`. "
-            "Range >= 0."
-        },
-    )
-    spurious_stats_scope: str = field(
-        default="step",
-        metadata={
-            "help": "Scope of tau_h and of the renormalised denominator: 'step' (the whole optimizer step on all "
-            "processes, the paper's rule; one extra gradient-free forward per micro-batch) or 'micro_batch' (the "
-            "current micro-batch, no extra pass).",
-            "choices": list(SPURIOUS_STATS_SCOPES),
-        },
-    )
-    renormalize_entropy_mask: bool = field(
-        default=False,
-        metadata={
-            "help": "With `top_entropy_quantile < 1`, also drop the masked low-entropy tokens from the loss "
-            "denominator (as the original 80/20 code does)."
-        },
-    )
-    spurious_token_log_steps: int = field(
-        default=0,
-        metadata={
-            "help": "Every this many steps, record the silenced tokens to `spurious_tokens.jsonl` (and a W&B table). "
-            "0 disables it."
-        },
-    )
-    spurious_token_log_max: int = field(
-        default=64,
-        metadata={"help": "Maximum number of silenced tokens recorded per logging step."},
-    )
-
-    # Paper defaults (STAPO = JustRL recipe + S2T): DAPO token-mean loss, clip-higher, no KL term.
-    loss_type: str = field(
-        default="dapo",
-        metadata={"help": f"Loss formulation, one of {', '.join(SUPPORTED_LOSS_TYPES)}. The paper uses 'dapo'."},
-    )
-    epsilon: float = field(default=0.2, metadata={"help": "Lower clipping epsilon (ε_low)."})
-    epsilon_high: float | None = field(default=0.28, metadata={"help": "Upper clipping epsilon (ε_high)."})
-    beta: float = field(default=0.0, metadata={"help": "KL coefficient. The paper uses no KL term (0.0)."})
-
     def __post_init__(self):
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = hardware_bf16(self.use_cpu)
         super().__post_init__()
         self._validate_stapo_fields()
+        fall_back_to_offline_wandb(self.report_to, self.output_dir)
 
     def __getstate__(self):
         # Checkpoints pickle the arguments (training_args.bin): never with a secret in them.
@@ -136,6 +111,8 @@ class STAPOConfig(GRPOConfig):
         return state
 
     def _validate_stapo_fields(self):
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
         if not 0.0 < self.spurious_prob_threshold <= 1.0:
             raise ValueError(
                 f"spurious_prob_threshold must be in (0, 1], got {self.spurious_prob_threshold}. "

@@ -504,17 +504,32 @@ def _resolve(
     spec = registry.get(key) or registry.get(key.lower())
     if spec is None:  # the Hub id of a registered dataset also selects its spec
         spec = next((s for s in registry.values() if s.path == key), None)
+    if spec is None and ("/" in key or os.path.exists(os.path.expanduser(key))):
+        spec = DatasetSpec(name=key, path=key, split=default_split, question_column="problem", answer_column="answer")
     if spec is not None:
-        return spec.with_overrides(**overrides)
-    if "/" in key or os.path.exists(os.path.expanduser(key)):
-        custom = DatasetSpec(
-            name=key, path=key, split=default_split, question_column="problem", answer_column="answer"
-        )
-        return custom.with_overrides(**overrides)
+        spec = spec.with_overrides(**overrides)
+        if looks_like_local_path(spec.path) and not os.path.exists(os.path.expanduser(spec.path)):
+            field = "dataset_path" if overrides.get("path") else "dataset_name"
+            raise FileNotFoundError(
+                f"{field}: no such local file or folder {spec.path!r} (it looks like a path, not a Hub id); accepted: "
+                f"an existing path, a Hub dataset id (owner/name) or one of {sorted(registry)}."
+            )
+        return spec
     raise ValueError(
         f"Unknown {kind} dataset {name_or_path!r}. Accepted names: {sorted(registry)}; or give a Hub "
         "dataset id (owner/name) or an existing local path, with question_column=... and "
         "answer_column=... if they are not 'problem' and 'answer'."
+    )
+
+
+def looks_like_local_path(name_or_path: str) -> bool:
+    """Whether a dataset argument is meant as a local path rather than a Hub id (`owner/name`): it starts with `/`,
+    `.` or `~`, has more than one `/`, or ends with a data file extension (`.jsonl`, `.parquet`, ...)."""
+    text = str(name_or_path)
+    return (
+        text.startswith(("/", ".", "~"))
+        or text.count("/") > 1
+        or os.path.splitext(text)[1].lower() in _FILE_BUILDERS
     )
 
 
@@ -530,6 +545,8 @@ def resolve_training_spec(name_or_path: str, **overrides: Any) -> DatasetSpec:
 
     Raises:
         ValueError: For an unknown name (the message lists the accepted names) or an unknown field.
+        FileNotFoundError: For an argument that looks like a local path (see :func:`looks_like_local_path`) and
+            does not exist, so that it is not sent to the Hub as a dataset id.
     """
     return _resolve(name_or_path, TRAINING_DATASETS, "training", "train", overrides)
 

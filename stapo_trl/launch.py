@@ -1,14 +1,17 @@
-"""The launcher behind `train.py`: parse a recipe and the command line, check everything, then train.
+"""The launcher behind `stapo-train` and `train.py`: parse a recipe and the command line, check everything, train.
 
 `accelerate launch train.py --model Qwen/Qwen3-8B-Base` runs the paper's STAPO recipe on DAPO-Math-17k;
 `--method justrl|entropy20|grpo` runs a baseline from the same script, `--config recipes/....yaml` loads a recipe
 (command-line flags win over the recipe, which wins over the method preset), and `--config recipes/demo_cpu.yaml`
 runs the tiny CPU demo.
+
+`prepare` parses and runs every check (nothing is downloaded or written), `train` does the work; `stapo_trl.cli`
+turns a failed `prepare` into one line and exit code 2.
 """
 
 import argparse
+import importlib.util
 import json
-import netrc
 import os
 import sys
 import time
@@ -16,33 +19,24 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from .config import STAPOConfig
-from .data import BENCHMARKS, DEFAULT_TRAINING_DATASET, resolve_training_spec
+from .arguments import METHOD_PRESETS, REWARDS, ScriptArguments
+from .config import STAPOConfig, fall_back_to_offline_wandb
+from .data import resolve_training_spec
 
-METHOD_PRESETS = {
-    # STAPO = the JustRL recipe + S2T (the STAPOConfig defaults carry the paper's thresholds).
-    "stapo": {"silence_spurious_tokens": True},
-    "justrl": {"silence_spurious_tokens": False},
-    # "Beyond the 80/20 rule": gradient only on the 20% highest-entropy tokens, renormalised over them as the
-    # original code does.
-    "entropy20": {"silence_spurious_tokens": False, "top_entropy_quantile": 0.2, "renormalize_entropy_mask": True},
-    # DeepSeekMath's GRPO: per-sequence mean, symmetric clip, KL to the reference model.
-    "grpo": {"silence_spurious_tokens": False, "loss_type": "grpo", "epsilon": 0.2, "epsilon_high": 0.2, "beta": 0.04},
-}
-REWARDS = ("boxed", "accuracy")
+__all__ = ["METHOD_PRESETS", "REWARDS", "ScriptArguments", "ModelArguments", "prepare", "train", "main"]
 # Completions per optimizer update in the paper: 64 prompts x 8 rollouts.
 PAPER_COMPLETIONS_PER_UPDATE = 512
 
 
 def paper_recipe(world_size: int) -> dict:
-    """The paper's training settings (PAPER.md, "Training recipe") for `world_size` processes.
+    """The paper's training settings (docs/method.md, "Training recipe") for `world_size` processes.
 
     256 prompts x 8 rollouts per generation batch, 64 prompts per optimizer update (4 updates per generation
     batch), one completion per micro-batch, AdamW at a constant 1e-6 after 10 warm-up steps, weight decay 0.1.
+    `bf16` is left to `STAPOConfig`, which turns it on where the GPU has it.
     """
     return {
         "per_device_train_batch_size": 1,
@@ -57,8 +51,6 @@ def paper_recipe(world_size: int) -> dict:
         "max_completion_length": 15360,
         "temperature": 1.0,
         "top_p": 1.0,
-        # bf16 where the accelerator has it; elsewhere fp32, so that the launcher also parses on a CPU machine
-        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         "activation_checkpointing": True,
         "logging_steps": 1,
         "save_steps": 200,
@@ -66,79 +58,6 @@ def paper_recipe(world_size: int) -> dict:
         "spurious_token_log_steps": 20,
         "report_to": ["wandb"],
     }
-
-
-@dataclass
-class ScriptArguments:
-    """Arguments of `train.py` that are not training or model settings."""
-
-    method: str = field(
-        default="stapo",
-        metadata={"help": f"Method preset: {', '.join(METHOD_PRESETS)}. Explicit flags override the preset."},
-    )
-    dataset_name: str = field(
-        default=DEFAULT_TRAINING_DATASET,
-        metadata={"help": "Training set: a registry name (see stapo_trl/data.py), a Hub id or a local path."},
-    )
-    dataset_path: str | None = field(
-        default=None, metadata={"help": "Load the registered dataset from this Hub id or local file/folder instead."}
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration (subset) override."})
-    dataset_split: str | None = field(default=None, metadata={"help": "Dataset split override."})
-    question_column: str | None = field(default=None, metadata={"help": "Question column override."})
-    answer_column: str | None = field(default=None, metadata={"help": "Reference answer column override."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
-    max_prompt_length: int = field(
-        default=1024, metadata={"help": "Prompts longer than this many tokens (chat template applied) are dropped."}
-    )
-    reward: str = field(
-        default="boxed",
-        metadata={"help": "Reward: 'boxed' (+1 correct / -1 wrong, the paper's) or 'accuracy' (1 / 0)."},
-    )
-    demo: bool = field(
-        default=False,
-        metadata={"help": "Run the CPU demo: a tiny local model learns addition (see recipes/demo_cpu.yaml)."},
-    )
-    demo_warm_start_steps: int = field(
-        default=1500, metadata={"help": "Demo: most supervised warm-start steps (it stops earlier at the target)."}
-    )
-    demo_target_accuracy: float = field(
-        default=0.25, metadata={"help": "Demo: held-out greedy accuracy at which the warm start stops."}
-    )
-    wandb_project: str | None = field(default=None, metadata={"help": "W&B project (default: 'stapo')."})
-    wandb_entity: str | None = field(default=None, metadata={"help": "W&B entity (user or team)."})
-    wandb_group: str | None = field(default=None, metadata={"help": "W&B run group."})
-    eval_benchmarks: list[str] = field(
-        default_factory=list,
-        metadata={"help": f"Benchmarks to evaluate during training, among {', '.join(BENCHMARKS)}."},
-    )
-    eval_steps_benchmarks: int = field(
-        default=0, metadata={"help": "Evaluate `eval_benchmarks` every this many optimizer steps (0: never)."}
-    )
-    eval_samples: int = field(default=4, metadata={"help": "Samples per problem for the in-training evaluation."})
-    eval_max_new_tokens: int = field(default=2048, metadata={"help": "Generation budget of in-training evaluation."})
-    eval_max_problems: int | None = field(default=64, metadata={"help": "Problems per benchmark in training evals."})
-
-    def __post_init__(self):
-        if self.method not in METHOD_PRESETS:
-            raise ValueError(f"method must be one of {', '.join(METHOD_PRESETS)}, got {self.method!r}.")
-        if self.reward not in REWARDS:
-            raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}.")
-        if self.max_prompt_length <= 0:
-            raise ValueError(f"max_prompt_length must be a positive number of tokens, got {self.max_prompt_length}.")
-        if self.max_train_samples is not None and self.max_train_samples <= 0:
-            raise ValueError(f"max_train_samples must be positive or unset, got {self.max_train_samples}.")
-        unknown = [name for name in self.eval_benchmarks if name not in BENCHMARKS]
-        if unknown:
-            raise ValueError(f"eval_benchmarks: unknown {unknown}; accepted: {', '.join(BENCHMARKS)}.")
-        if self.eval_steps_benchmarks < 0:
-            raise ValueError(f"eval_steps_benchmarks must be >= 0, got {self.eval_steps_benchmarks}.")
-        if self.demo_warm_start_steps < 0:
-            raise ValueError(f"demo_warm_start_steps must be >= 0, got {self.demo_warm_start_steps}.")
-        if not 0.0 <= self.demo_target_accuracy <= 1.0:
-            raise ValueError(f"demo_target_accuracy must be in [0, 1], got {self.demo_target_accuracy}.")
-        if self.eval_steps_benchmarks > 0 and not self.eval_benchmarks:
-            raise ValueError("eval_steps_benchmarks is set but eval_benchmarks is empty: name the benchmarks.")
 
 
 @dataclass
@@ -174,6 +93,22 @@ def model_label(model_name_or_path: str | None, demo: bool) -> str:
     return "tiny-demo" if demo else str(model_name_or_path).rstrip("/").split("/")[-1]
 
 
+class UsageError(ValueError):
+    """A command-line error found by argparse itself (unknown choice, missing value, malformed number)."""
+
+
+def _raise_usage_error(message: str):
+    raise UsageError(message)
+
+
+def make_parser(prog: str = "stapo-train") -> TrlParser:
+    """TRL's parser over the script's, STAPO/TRL's and the model's arguments; its errors raise `UsageError` instead
+    of printing the whole usage (hundreds of options)."""
+    parser = TrlParser((ScriptArguments, STAPOConfig, ModelArguments), prog=prog)
+    parser.error = _raise_usage_error
+    return parser
+
+
 def parse_args(argv: list[str] | None = None):
     """Parse `train.py`'s arguments: method preset < recipe YAML < command line."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -181,9 +116,12 @@ def parse_args(argv: list[str] | None = None):
     if method not in METHOD_PRESETS:
         raise ValueError(f"method must be one of {', '.join(METHOD_PRESETS)}, got {method!r}.")
     if not demo and not model:
-        raise ValueError("model_name_or_path (or --model) is required, e.g. --model Qwen/Qwen3-8B-Base.")
+        raise ValueError(
+            "model_name_or_path (or --model) is required, e.g. --model Qwen/Qwen3-8B-Base; "
+            "on a machine without a GPU try the CPU demo: stapo-train --config recipes/demo_cpu.yaml."
+        )
     label = model_label(model, demo)
-    parser = TrlParser((ScriptArguments, STAPOConfig, ModelArguments))
+    parser = make_parser()
     if demo:
         from .demo import demo_settings
 
@@ -232,8 +170,11 @@ def resolved_summary(script_args: ScriptArguments, args: STAPOConfig, model_args
         f"optimiser           lr {args.learning_rate:g} ({args.lr_scheduler_type}, warm-up {args.warmup_steps}),"
         f" weight decay {args.weight_decay}, grad clip {args.max_grad_norm}",
         f"processes           {world}",
+        f"micro-batch         {args.per_device_train_batch_size} completions per device,"
+        f" gradient accumulation {args.gradient_accumulation_steps}",
         f"per generation      {args.generation_batch_size // args.num_generations} prompts x {args.num_generations}"
-        f" = {args.generation_batch_size} completions",
+        f" = {args.generation_batch_size} completions = steps_per_generation {args.steps_per_generation}"
+        f" x {args.per_device_train_batch_size} per device x {world}",
         f"per optimizer step  {per_step // args.num_generations} prompts = {per_step} completions"
         f" ({args.per_device_train_batch_size} per device x {world} x {args.gradient_accumulation_steps} accumulation)",
         f"updates/generation  {args.steps_per_generation // args.gradient_accumulation_steps}"
@@ -247,15 +188,35 @@ def resolved_summary(script_args: ScriptArguments, args: STAPOConfig, model_args
 
 
 def check_output_dir(output_dir: str) -> None:
-    """Fail now, not at the first checkpoint, when the output directory cannot be written."""
-    path = Path(output_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise PermissionError(f"output_dir {output_dir!r} is not writable: {error}") from error
+    """Fail now, not at the first checkpoint, when the output directory could not be created or written.
+
+    Nothing is created: the directory appears only when training starts, so a failed start leaves no empty folder.
+    """
+    path = Path(output_dir).expanduser().absolute()
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    if not existing.is_dir():
+        raise PermissionError(f"output_dir {output_dir!r} is not writable: {str(existing)!r} is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"output_dir {output_dir!r} is not writable: no write permission on {str(existing)!r}.")
+
+
+def check_vllm_installed(args: STAPOConfig) -> None:
+    """`--use_vllm` needs vLLM, which is an optional extra of this package."""
+    if args.use_vllm and importlib.util.find_spec("vllm") is None:
+        raise ModuleNotFoundError(
+            'use_vllm=True but vLLM is not installed: pip install "stapo-trl[vllm]" (or set --use_vllm false).'
+        )
+
+
+def check_accelerator(script_args: ScriptArguments, args: STAPOConfig, model_args: ModelArguments) -> None:
+    """A real model on a machine without a GPU would download gigabytes and then crawl: say so before that."""
+    if script_args.demo or args.use_cpu or args.device.type != "cpu":
+        return
+    raise RuntimeError(
+        f"model_name_or_path={model_args.model_name_or_path!r} needs a GPU and this machine has none (no CUDA device "
+        "visible); run the CPU demo instead: stapo-train --config recipes/demo_cpu.yaml (or pass --use_cpu true to "
+        "train this model on the CPU anyway)."
+    )
 
 
 def hub_preflight(hub_model_id: str | None, token: str | None = None) -> None:
@@ -279,17 +240,9 @@ def hub_preflight(hub_model_id: str | None, token: str | None = None) -> None:
         raise PermissionError("push_to_hub: the Hugging Face token is read-only; create one with write access.")
 
 
-def _has_wandb_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
 def configure_wandb(script_args: ScriptArguments, args: STAPOConfig, model_label: str) -> None:
-    """W&B project, entity, group and tags; offline mode (with a note on syncing) when there is no API key."""
+    """W&B project, entity, group and tags; offline mode (with a note on syncing) when there is no API key, by the
+    same function as the Python API (`STAPOConfig` calls it too)."""
     if "wandb" not in args.report_to:
         return
     os.environ.setdefault("WANDB_PROJECT", script_args.wandb_project or "stapo")
@@ -299,12 +252,7 @@ def configure_wandb(script_args: ScriptArguments, args: STAPOConfig, model_label
         os.environ.setdefault("WANDB_RUN_GROUP", script_args.wandb_group)
     os.environ.setdefault("WANDB_TAGS", f"stapo-trl,{script_args.method},{model_label}")
     os.environ.setdefault("WANDB_DIR", args.output_dir)
-    if not os.environ.get("WANDB_MODE") and not _has_wandb_credentials():
-        os.environ["WANDB_MODE"] = "offline"
-        print(
-            "W&B: no API key found (WANDB_API_KEY or `wandb login`), so this run logs offline to "
-            f"{args.output_dir}/wandb. Upload it later with: wandb sync {args.output_dir}/wandb/offline-run-*"
-        )
+    fall_back_to_offline_wandb(args.report_to, args.output_dir)
 
 
 def resume_checkpoint(args: STAPOConfig) -> str | None:
@@ -413,25 +361,60 @@ def reward_function(name: str):
     return {"boxed": boxed_reward, "accuracy": accuracy_reward}[name]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run `train.py`; returns a summary (and, for the demo, the accuracy before and after)."""
+@dataclass
+class Prepared:
+    """A checked run: the parsed arguments and the checkpoint to resume from (None for a fresh start)."""
+
+    script_args: ScriptArguments
+    args: STAPOConfig
+    model_args: ModelArguments
+    checkpoint: str | None
+
+    @property
+    def summary(self) -> str:
+        return resolved_summary(self.script_args, self.args, self.model_args)
+
+
+def prepare(argv: list[str] | None = None) -> Prepared:
+    """Parse the arguments and run every check, before anything is downloaded or written to disk."""
     from accelerate import PartialState
 
     script_args, args, model_args = parse_args(argv)
-    sys.argv[1:] = redact_secrets(sys.argv[1:])
     state = PartialState()
     if state.is_main_process:
-        print(resolved_summary(script_args, args, model_args), flush=True)
         check_output_dir(args.output_dir)
-    if not script_args.demo:
-        resolve_training_spec(script_args.dataset_name)  # an unknown name fails before any download
+    if not script_args.demo:  # an unknown name or a missing local path fails before any download
+        resolve_training_spec(
+            script_args.dataset_name,
+            path=script_args.dataset_path,
+            config=script_args.dataset_config,
+            split=script_args.dataset_split,
+        )
     if args.push_to_hub and state.is_main_process:
         hub_preflight(args.hub_model_id, args.hub_token)
     checkpoint = resume_checkpoint(args)
+    check_vllm_installed(args)
+    check_accelerator(script_args, args, model_args)
+    return Prepared(script_args, args, model_args, checkpoint)
+
+
+def train(prepared: Prepared) -> dict:
+    """Train a checked run; returns a summary (and, for the demo, the accuracy before and after)."""
+    from accelerate import PartialState
+
+    script_args, args, model_args = prepared.script_args, prepared.args, prepared.model_args
+    sys.argv[1:] = redact_secrets(sys.argv[1:])
+    if PartialState().is_main_process:
+        print(prepared.summary, flush=True)
     configure_wandb(script_args, args, model_label(model_args.model_name_or_path, script_args.demo))
     if script_args.demo:
-        return _run_demo(script_args, args, checkpoint)
-    return _run(script_args, args, model_args, checkpoint)
+        return _run_demo(script_args, args, prepared.checkpoint)
+    return _run(script_args, args, model_args, prepared.checkpoint)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """`train(prepare(argv))`: bad input raises its exception (`stapo_trl.cli.main` turns it into one line)."""
+    return train(prepare(argv))
 
 
 def _run(script_args, args, model_args, checkpoint) -> dict:

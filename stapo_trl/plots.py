@@ -176,13 +176,20 @@ def plot_runs(
         axis.set_visible(False)
     if title:
         figure.suptitle(title)
-    if output_path is not None:
-        output_path = os.fspath(output_path)
-        parent = os.path.dirname(output_path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        figure.savefig(output_path, dpi=110)
+    save_figure(figure, output_path)
     return figure
+
+
+def save_figure(figure, output_path: str | os.PathLike | None) -> None:
+    """Save `figure` to `output_path` (its folder created), at the resolution of every figure of the project; `None`
+    saves nothing."""
+    if output_path is None:
+        return
+    output_path = os.fspath(output_path)
+    parent = os.path.dirname(output_path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    figure.savefig(output_path, dpi=110)
 
 
 def plot_training_curves(

@@ -16,6 +16,8 @@ UNK_TOKEN = "<unk>"
 # `\boxed{` is one token so that a completion `\boxed{42}<eos>` is five tokens, not eleven.
 BOXED_TOKEN = "\\boxed{"
 _TOKEN_PATTERN = Regex(r"\\boxed\{|<eos>|<pad>|<unk>|.")
+# Every character of the addition prompts and answers ("What is 3+4?" -> "\boxed{7}").
+ADDITION_CHARACTERS = "What is 0123456789+? \\boxed{}"
 
 
 def build_char_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
@@ -41,34 +43,99 @@ def build_char_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny_qwen3(
-    tokenizer: PreTrainedTokenizerFast,
-    hidden_size: int = 128,
-    num_hidden_layers: int = 4,
-    num_attention_heads: int = 4,
-    num_key_value_heads: int = 2,
-    intermediate_size: int = 512,
-    max_position_embeddings: int = 128,
+# Model sizes by name; `build_qwen3(..., **overrides)` changes any field.
+QWEN3_SIZES: dict[str, dict[str, int]] = {
+    # The default tiny model: ~1M parameters with the demo's vocabulary; the CPU demo's size.
+    "tiny": dict(
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=512,
+        max_position_embeddings=128,
+    ),
+    # The notebooks' offline mode: warm-starts on single-digit addition in seconds.
+    "notebook": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=256,
+        max_position_embeddings=32,
+    ),
+    # The offline tests: the smallest model that still has every Qwen3 piece (GQA, two layers).
+    "test": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    ),
+    # The architecture of Qwen/Qwen3-1.7B-Base (its config.json), with random weights: the GPU benchmarks.
+    "qwen3-1.7b": dict(
+        vocab_size=151936,
+        hidden_size=2048,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=6144,
+    ),
+}
+
+
+def qwen3_config(size: str = "tiny", **overrides) -> Qwen3Config:
+    """The `Qwen3Config` of a named size (`QWEN3_SIZES`), tied embeddings, no BOS token; `overrides` win."""
+    if size not in QWEN3_SIZES:
+        raise ValueError(f"size: unknown model size {size!r}; accepted: {', '.join(QWEN3_SIZES)}")
+    fields = {"tie_word_embeddings": True, "bos_token_id": None, **QWEN3_SIZES[size], **overrides}
+    fields.setdefault("head_dim", fields["hidden_size"] // fields["num_attention_heads"])
+    return Qwen3Config(**fields)
+
+
+def build_qwen3(
+    size: str = "tiny",
+    *,
     seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
+    pad_token_id: int = 0,
+    eos_token_id: int = 1,
+    **overrides,
 ) -> Qwen3ForCausalLM:
-    """A randomly initialised Qwen3-architecture causal LM sized for `tokenizer` (float32, tied embeddings)."""
-    config = Qwen3Config(
+    """A randomly initialised Qwen3-architecture causal LM of a named size (`qwen3_config`), no download.
+
+    The weights depend only on `seed` (the caller's RNG state is left as it was); they are created on `device` (on
+    `"meta"`: no memory, e.g. to count parameters) and cast to `dtype`. Token ids `pad_token_id`/`eos_token_id` are
+    set in the config and the generation config (0 and 1 are those of `build_char_tokenizer`).
+    """
+    config = qwen3_config(size, pad_token_id=pad_token_id, eos_token_id=eos_token_id, **overrides)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = Qwen3ForCausalLM(config)
+    model = model.to(dtype)
+    model.generation_config.pad_token_id = pad_token_id
+    model.generation_config.eos_token_id = eos_token_id
+    return model
+
+
+def build_addition_tokenizer(extra_characters: str = "") -> PreTrainedTokenizerFast:
+    """`build_char_tokenizer` over `ADDITION_CHARACTERS` (and `extra_characters`)."""
+    return build_char_tokenizer([ADDITION_CHARACTERS + extra_characters])
+
+
+def build_tiny_qwen3(tokenizer: PreTrainedTokenizerFast, size: str = "tiny", seed: int = 0, **overrides):
+    """`build_qwen3` sized for `tokenizer`: its vocabulary, pad and EOS tokens (float32, on CPU)."""
+    return build_qwen3(
+        size,
+        seed=seed,
         vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        head_dim=hidden_size // num_attention_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
+        **overrides,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = Qwen3ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model

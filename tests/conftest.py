@@ -12,26 +12,15 @@ import pytest
 import torch
 from datasets import Dataset
 
-from stapo_trl.tiny import build_char_tokenizer, build_tiny_qwen3
-
-TASK_CHARACTERS = "What is 0123456789+? \\boxed{}"
+from stapo_trl.tiny import build_addition_tokenizer, build_tiny_qwen3
 
 
 def tiny_tokenizer():
-    return build_char_tokenizer([TASK_CHARACTERS])
+    return build_addition_tokenizer()
 
 
 def tiny_model(tokenizer, seed=0, max_position_embeddings=128):
-    return build_tiny_qwen3(
-        tokenizer,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=max_position_embeddings,
-        seed=seed,
-    )
+    return build_tiny_qwen3(tokenizer, "test", seed=seed, max_position_embeddings=max_position_embeddings)
 
 
 def addition_dataset(num=16):

@@ -18,7 +18,8 @@ from conftest import tiny_model
 
 from stapo_trl import evaluation as ev
 from stapo_trl.evaluate import main
-from stapo_trl.tiny import build_char_tokenizer
+from stapo_trl.evaluation import pipeline
+from stapo_trl.tiny import build_addition_tokenizer, build_char_tokenizer
 
 TESTS = Path(__file__).parent
 FIXTURES = TESTS / "fixtures"
@@ -343,8 +344,9 @@ def no_loading(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("loading started before the arguments were validated")
 
-    for name in ("evaluate_model", "load_tasks", "build_generator", "resolve_model_revision"):
-        monkeypatch.setattr(ev, name, forbidden)
+    monkeypatch.setattr(ev, "evaluate_model", forbidden)  # what the CLI calls
+    for name in ("load_tasks", "build_generator", "resolve_model_revision"):  # what the run calls
+        monkeypatch.setattr(pipeline, name, forbidden)
 
 
 @pytest.mark.parametrize(
@@ -414,13 +416,13 @@ def test_resume_mismatch_is_reported_before_the_model_is_loaded(tmp_path, monkey
     (out / ev.EVAL_SETTINGS_FILE).write_text(json.dumps({**RESUME_SETTINGS, "model": "org/m", "temperature": 0.7}))
     sample = {"benchmark": "aime24", "problem": 0, "sample": 0, "prompt": "p", "gold": "1", "correct": False}
     (out / ev.EVAL_SAMPLES_FILE).write_text(json.dumps(sample) + "\n")
-    monkeypatch.setattr(ev, "resolve_model_revision", lambda model, revision=None: "local")
+    monkeypatch.setattr(pipeline, "resolve_model_revision", lambda model, revision=None: "local")
 
     def forbidden(*args, **kwargs):
         raise AssertionError("loaded before the resume check")
 
-    monkeypatch.setattr(ev, "load_tasks", forbidden)
-    monkeypatch.setattr(ev, "build_generator", forbidden)
+    monkeypatch.setattr(pipeline, "load_tasks", forbidden)
+    monkeypatch.setattr(pipeline, "build_generator", forbidden)
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", "org/m", "--output_dir", str(out), "--backend", "transformers"])
     assert exit_info.value.code == 2
@@ -452,7 +454,7 @@ def test_model_revision_is_local_or_the_hub_commit(tmp_path):
 
 @pytest.fixture(scope="module")
 def char_tokenizer():
-    return build_char_tokenizer(["What is 0123456789+? \\boxed{}abcdefghijklmnopqrstuvwxyz.,\n"])
+    return build_addition_tokenizer("abcdefghijklmnopqrstuvwxyz.,\n")
 
 
 def test_format_prompt_plain_text_and_chat_template(char_tokenizer):
@@ -460,7 +462,7 @@ def test_format_prompt_plain_text_and_chat_template(char_tokenizer):
     assert ev.format_prompt(messages) == "What is 1+1?"
     assert ev.format_prompt(messages, char_tokenizer) == "What is 1+1?"  # no chat template: the user content
     assert ev.format_prompt("raw text", char_tokenizer) == "raw text"
-    templated = build_char_tokenizer(["What is 0123456789+? \\boxed{}<>usera"])
+    templated = build_addition_tokenizer("<>usera")
     templated.chat_template = (
         "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
         "{% if add_generation_prompt %}<a>{% endif %}"
@@ -620,7 +622,7 @@ def test_cli_end_to_end_with_the_transformers_backend(tiny_model_dir, tmp_path, 
     def no_model(*args, **kwargs):
         raise AssertionError("the model should not be needed: every sample is done")
 
-    monkeypatch.setattr(ev, "build_generator", no_model)
+    monkeypatch.setattr(pipeline, "build_generator", no_model)
     calls = []
     original = ev.run_evaluation
 
@@ -634,7 +636,7 @@ def test_cli_end_to_end_with_the_transformers_backend(tiny_model_dir, tmp_path, 
 
         return original(Counting(), *args, **kwargs)
 
-    monkeypatch.setattr(ev, "run_evaluation", counting_run)
+    monkeypatch.setattr(pipeline, "run_evaluation", counting_run)
     assert main(argv) == 0
     assert calls == []
     assert json.loads((out / ev.EVAL_RESULTS_FILE).read_text())["benchmarks"] == results["benchmarks"]

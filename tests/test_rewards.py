@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -19,7 +20,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stapo_trl import rewards
 from stapo_trl.rewards import (
     PROBLEM_KEYS,
     GradingWarning,
@@ -31,8 +31,11 @@ from stapo_trl.rewards import (
     grade,
     grade_batch,
     grade_with_status,
+    grading,
     reward_problem_counts,
 )
+from stapo_trl.rewards import pool as grading_pool
+from stapo_trl.rewards.settings import GraderSettings
 
 # (completion text, gold answer, expected grade). Plain-text completions, so that any consumer (the
 # evaluation harness included) can feed them through its own pipeline.
@@ -246,12 +249,12 @@ def test_pathological_batch_through_the_reward():
         # Each entry is bounded by BOUND_S; the batch is spread over the workers.
         assert time.monotonic() - start < BOUND_S * len(completions)
     finally:
-        configure_grader(timeout_s=rewards._Settings().timeout_s)
+        configure_grader(timeout_s=GraderSettings().timeout_s)
 
 
 def test_a_stuck_worker_is_killed_at_the_hard_deadline_and_replaced():
     assert grade("\\boxed{2}", "2")
-    pool = rewards._get_pool()
+    pool = grading_pool.get_pool()
     worker = pool._idle[-1]  # the worker the next sequential call takes
     os.kill(worker.proc.pid, signal.SIGSTOP)  # stuck where its own timer cannot help
     start = time.monotonic()
@@ -264,11 +267,40 @@ def test_a_stuck_worker_is_killed_at_the_hard_deadline_and_replaced():
 
 def test_a_dead_worker_is_replaced():
     assert grade("\\boxed{2}", "2")
-    pool = rewards._get_pool()
+    pool = grading_pool.get_pool()
     for worker in list(pool._idle):
         worker.proc.kill()
         worker.proc.wait()
     assert grade_with_status("\\boxed{2}", "2") == (True, "correct")
+
+
+def _idle_worker():
+    assert grade("\\boxed{2}", "2")
+    return grading_pool.get_pool()._idle[-1]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/limits"), reason="reads /proc")
+def test_a_worker_runs_under_the_memory_limit():
+    worker = _idle_worker()
+    with open(f"/proc/{worker.proc.pid}/limits") as limits:
+        address_space = next(line for line in limits if line.startswith("Max address space")).split()
+    assert int(address_space[3]) == int(address_space[4]) == grading_pool.WORKER_MEMORY_LIMIT_BYTES
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/cmdline"), reason="reads /proc")
+def test_a_worker_is_a_fresh_interpreter_that_imports_neither_the_package_nor_main():
+    worker = _idle_worker()
+    with open(f"/proc/{worker.proc.pid}/cmdline", "rb") as cmdline:
+        argv = cmdline.read().decode().split("\0")[:-1]
+    # A new `python -c` process (not a fork of this one), running the grading file by its path.
+    assert argv[0] == sys.executable and argv[1] == "-c" and argv[3] == grading_pool._WORKER_FILE
+    # A fork of a trainer would carry its mapped libraries; the worker maps none of torch's.
+    import torch  # noqa: F401 - the caller has torch loaded, as a trainer does
+
+    with open(f"/proc/{os.getpid()}/maps") as maps:
+        assert "libtorch" in maps.read()
+    with open(f"/proc/{worker.proc.pid}/maps") as maps:
+        assert "libtorch" not in maps.read()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,7 +389,7 @@ def test_problem_counts_are_thread_safe():
 
 @pytest.mark.parametrize("bad_gold", ["", "   ", None, "}{", "\\text{}"])
 def test_unparseable_gold_warns_once_per_value(bad_gold):
-    rewards._warned_golds.clear()
+    grading._warned_golds.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert grade("\\boxed{1}", bad_gold) is False
@@ -369,7 +401,7 @@ def test_unparseable_gold_warns_once_per_value(bad_gold):
 
 
 def test_distinct_unparseable_golds_each_warn():
-    rewards._warned_golds.clear()
+    grading._warned_golds.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         grade("\\boxed{1}", "")

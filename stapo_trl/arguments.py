@@ -1,0 +1,165 @@
+"""The arguments of `stapo-train` that need neither torch nor TRL: methods, rewards, the script's own arguments and
+STAPO's fields.
+
+They live apart from `launch.py` and `config.py` so that `stapo-train --help` can describe them without importing
+torch, transformers or TRL (seconds of start-up). `STAPOConfig` mixes `STAPOArguments` into TRL's `GRPOConfig`.
+"""
+
+from dataclasses import dataclass, field
+
+from .data import BENCHMARKS, DEFAULT_TRAINING_DATASET
+
+METHOD_PRESETS = {
+    # STAPO = the JustRL recipe + S2T (the STAPOConfig defaults carry the paper's thresholds).
+    "stapo": {"silence_spurious_tokens": True},
+    "justrl": {"silence_spurious_tokens": False},
+    # "Beyond the 80/20 rule": gradient only on the 20% highest-entropy tokens, renormalised over them as the
+    # original code does.
+    "entropy20": {"silence_spurious_tokens": False, "top_entropy_quantile": 0.2, "renormalize_entropy_mask": True},
+    # DeepSeekMath's GRPO: per-sequence mean, symmetric clip, KL to the reference model.
+    "grpo": {"silence_spurious_tokens": False, "loss_type": "grpo", "epsilon": 0.2, "epsilon_high": 0.2, "beta": 0.04},
+}
+REWARDS = ("boxed", "accuracy")
+# Loss types of TRL 1.16 and how S2T renormalises each of them (see `STAPOConfig` and the README).
+SUPPORTED_LOSS_TYPES = ("dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")
+SPURIOUS_STATS_SCOPES = ("step", "micro_batch")
+
+
+@dataclass
+class ScriptArguments:
+    """Arguments of `stapo-train` that are not training or model settings."""
+
+    method: str = field(
+        default="stapo",
+        metadata={"help": f"Method preset: {', '.join(METHOD_PRESETS)}. Explicit flags override the preset."},
+    )
+    dataset_name: str = field(
+        default=DEFAULT_TRAINING_DATASET,
+        metadata={"help": "Training set: a registry name (see stapo_trl/data.py), a Hub id or a local path."},
+    )
+    dataset_path: str | None = field(
+        default=None, metadata={"help": "Load the registered dataset from this Hub id or local file/folder instead."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration (subset) override."})
+    dataset_split: str | None = field(default=None, metadata={"help": "Dataset split override."})
+    question_column: str | None = field(default=None, metadata={"help": "Question column override."})
+    answer_column: str | None = field(default=None, metadata={"help": "Reference answer column override."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
+    max_prompt_length: int = field(
+        default=1024, metadata={"help": "Prompts longer than this many tokens (chat template applied) are dropped."}
+    )
+    reward: str = field(
+        default="boxed",
+        metadata={"help": "Reward: 'boxed' (+1 correct / -1 wrong, the paper's) or 'accuracy' (1 / 0)."},
+    )
+    demo: bool = field(
+        default=False,
+        metadata={"help": "Run the CPU demo: a tiny local model learns addition (see recipes/demo_cpu.yaml)."},
+    )
+    demo_warm_start_steps: int = field(
+        default=1500, metadata={"help": "Demo: most supervised warm-start steps (it stops earlier at the target)."}
+    )
+    demo_target_accuracy: float = field(
+        default=0.25, metadata={"help": "Demo: held-out greedy accuracy at which the warm start stops."}
+    )
+    wandb_project: str | None = field(default=None, metadata={"help": "W&B project (default: 'stapo')."})
+    wandb_entity: str | None = field(default=None, metadata={"help": "W&B entity (user or team)."})
+    wandb_group: str | None = field(default=None, metadata={"help": "W&B run group."})
+    eval_benchmarks: list[str] = field(
+        default_factory=list,
+        metadata={"help": f"Benchmarks to evaluate during training, among {', '.join(BENCHMARKS)}."},
+    )
+    eval_steps_benchmarks: int = field(
+        default=0, metadata={"help": "Evaluate `eval_benchmarks` every this many optimizer steps (0: never)."}
+    )
+    eval_samples: int = field(default=4, metadata={"help": "Samples per problem for the in-training evaluation."})
+    eval_max_new_tokens: int = field(default=2048, metadata={"help": "Generation budget of in-training evaluation."})
+    eval_max_problems: int | None = field(default=64, metadata={"help": "Problems per benchmark in training evals."})
+
+    def __post_init__(self):
+        if self.method not in METHOD_PRESETS:
+            raise ValueError(f"method must be one of {', '.join(METHOD_PRESETS)}, got {self.method!r}.")
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}.")
+        if self.max_prompt_length <= 0:
+            raise ValueError(f"max_prompt_length must be a positive number of tokens, got {self.max_prompt_length}.")
+        if self.max_train_samples is not None and self.max_train_samples <= 0:
+            raise ValueError(f"max_train_samples must be positive or unset, got {self.max_train_samples}.")
+        unknown = [name for name in self.eval_benchmarks if name not in BENCHMARKS]
+        if unknown:
+            raise ValueError(f"eval_benchmarks: unknown {unknown}; accepted: {', '.join(BENCHMARKS)}.")
+        if self.eval_steps_benchmarks < 0:
+            raise ValueError(f"eval_steps_benchmarks must be >= 0, got {self.eval_steps_benchmarks}.")
+        if self.demo_warm_start_steps < 0:
+            raise ValueError(f"demo_warm_start_steps must be >= 0, got {self.demo_warm_start_steps}.")
+        if not 0.0 <= self.demo_target_accuracy <= 1.0:
+            raise ValueError(f"demo_target_accuracy must be in [0, 1], got {self.demo_target_accuracy}.")
+        if self.eval_steps_benchmarks > 0 and not self.eval_benchmarks:
+            raise ValueError("eval_steps_benchmarks is set but eval_benchmarks is empty: name the benchmarks.")
+
+
+@dataclass
+class STAPOArguments:
+    """STAPO's own fields and the paper's defaults of four GRPO fields; `STAPOConfig` documents each of them."""
+
+    silence_spurious_tokens: bool = field(
+        default=True,
+        metadata={
+            "help": "Whether to silence spurious tokens (S2T). With `False`, the loss is exactly GRPOTrainer's with "
+            "the same settings."
+        },
+    )
+    spurious_prob_threshold: float = field(
+        default=0.002,
+        metadata={"help": "τ_p: positive-advantage tokens with probability below it are S2T candidates. Range (0, 1]."},
+    )
+    spurious_entropy_quantile: float = field(
+        default=0.75,
+        metadata={
+            "help": "q: candidates with entropy below the q-quantile of the candidates' entropies (over the scope "
+            "of `spurious_stats_scope`) are silenced. Range [0, 1]."
+        },
+    )
+    spurious_entropy_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "Absolute entropy threshold τ_h in nats; when set it replaces `spurious_entropy_quantile`. "
+            "Range >= 0."
+        },
+    )
+    spurious_stats_scope: str = field(
+        default="step",
+        metadata={
+            "help": "Scope of tau_h and of the renormalised denominator: 'step' (the whole optimizer step on all "
+            "processes, the paper's rule; one extra gradient-free forward per micro-batch) or 'micro_batch' (the "
+            "current micro-batch, no extra pass).",
+            "choices": list(SPURIOUS_STATS_SCOPES),
+        },
+    )
+    renormalize_entropy_mask: bool = field(
+        default=False,
+        metadata={
+            "help": "With `top_entropy_quantile < 1`, also drop the masked low-entropy tokens from the loss "
+            "denominator (as the original 80/20 code does)."
+        },
+    )
+    spurious_token_log_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Every this many steps, record the silenced tokens to `spurious_tokens.jsonl` (and a W&B table). "
+            "0 disables it."
+        },
+    )
+    spurious_token_log_max: int = field(
+        default=64,
+        metadata={"help": "Maximum number of silenced tokens recorded per logging step."},
+    )
+
+    # Paper defaults (STAPO = JustRL recipe + S2T): DAPO token-mean loss, clip-higher, no KL term.
+    loss_type: str = field(
+        default="dapo",
+        metadata={"help": f"Loss formulation, one of {', '.join(SUPPORTED_LOSS_TYPES)}. The paper uses 'dapo'."},
+    )
+    epsilon: float = field(default=0.2, metadata={"help": "Lower clipping epsilon (ε_low)."})
+    epsilon_high: float | None = field(default=0.28, metadata={"help": "Upper clipping epsilon (ε_high)."})
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient. The paper uses no KL term (0.0)."})

@@ -1,0 +1,128 @@
+"""`stapo-train`: train with STAPO or a baseline from the command line (also `train.py` and `python -m stapo_trl.cli`).
+
+    stapo-train --config recipes/demo_cpu.yaml                          # the CPU demo
+    accelerate launch --config_file accelerate_configs/zero3.yaml -m stapo_trl.cli --model Qwen/Qwen3-8B-Base
+    stapo-train --model Qwen/Qwen3-8B-Base --dry-run                    # resolved settings and checks, no download
+
+`--help` describes STAPO's and the script's options and the bundled recipes without importing torch, transformers
+or TRL (they take seconds to import); `--help-all` prints every option of TRL's parser. A run whose arguments fail a
+check stops with one line, `stapo-train: error: ...`, and exit code 2 before anything is downloaded or written;
+`--debug` (or `STAPO_DEBUG=1`) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from .arguments import METHOD_PRESETS, ScriptArguments, STAPOArguments
+
+PROG = "stapo-train"
+USAGE_ERROR = 2
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+# TRL / transformers options most runs set; `--help-all` lists all of them.
+COMMON_TRL_OPTIONS = (
+    "--output_dir", "--learning_rate", "--max_steps", "--per_device_train_batch_size", "--gradient_accumulation_steps",
+    "--num_generations", "--generation_batch_size", "--max_completion_length", "--temperature", "--use_vllm",
+    "--vllm_mode", "--use_peft", "--lora_r", "--bf16", "--use_cpu", "--report_to", "--save_steps",
+    "--resume_from_checkpoint", "--push_to_hub", "--hub_model_id", "--seed",
+)  # fmt: skip
+
+
+def bundled_recipes() -> list[str]:
+    """The recipe files shipped in the repository's `recipes/`, as paths relative to the current directory when
+    they are below it (so that they can be pasted after `--config`)."""
+    if not RECIPES.is_dir():
+        return []
+    paths = sorted(RECIPES.rglob("*.yaml"))
+    cwd = Path.cwd().resolve()
+    return [str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path) for path in paths]
+
+
+def _add_fields(group, dataclass_type) -> None:
+    for spec in dataclasses.fields(dataclass_type):
+        default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+        help_text = spec.metadata.get("help", "").replace("%", "%%") + f" [{default!r}]"
+        group.add_argument(f"--{spec.name}", metavar="", help=help_text)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=34, width=120)
+
+
+def short_help() -> str:
+    """The `--help` text: methods, recipes, STAPO's and the script's options, then where the TRL options are."""
+    methods = "\n".join(
+        f"  {name:<10} {', '.join(f'{key}={value}' for key, value in preset.items())}"
+        for name, preset in METHOD_PRESETS.items()
+    )
+    recipes = "\n".join(f"  {path}" for path in bundled_recipes()) or "  (none found next to the package)"
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        usage=f"{PROG} (--model MODEL | --config RECIPE.yaml) [--method METHOD] [options]",
+        description="Train a model with STAPO (arXiv 2602.15620) or one of the paper's baselines on math with\n"
+        "verifiable rewards. Settings: method preset < recipe (--config) < command line. [defaults] in brackets.",
+        epilog=(
+            f"methods (--method; explicit flags override the preset):\n{methods}\n\n"
+            f"bundled recipes (--config):\n{recipes}\n\n"
+            "all TRL options: every field of TRL's GRPOConfig, transformers' TrainingArguments and TRL's ModelConfig "
+            f"is a flag too, e.g. {', '.join(COMMON_TRL_OPTIONS)}.\n"
+            f"Run `{PROG} --help-all` for the full list with their defaults."
+        ),
+        formatter_class=_Formatter,
+        add_help=False,
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("-h", "--help", action="store_true", help="Show this message and exit.")
+    run.add_argument("--help-all", action="store_true", help="Show every option, TRL's included, and exit.")
+    run.add_argument("--config", metavar="RECIPE.yaml", help="Recipe file: any option below as `key: value`.")
+    run.add_argument("--model", metavar="MODEL", help="Model to train: a Hub id or a local path.")
+    run.add_argument(
+        "--dry-run", action="store_true", help="Print the resolved settings and batch arithmetic, run every check, "
+        "and exit before any download."
+    )  # fmt: skip
+    run.add_argument("--debug", action="store_true", help="Show the traceback of an error (or set STAPO_DEBUG=1).")
+    _add_fields(parser.add_argument_group("STAPO (S2T) and the paper's loss defaults"), STAPOArguments)
+    _add_fields(parser.add_argument_group("recipe: data, reward, demo, W&B, in-training evaluation"), ScriptArguments)
+    return parser.format_help()
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error` on one line."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `stapo-train` and `train.py`; exits with 0 on success and 2 on bad input."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(short_help())
+        raise SystemExit(0)
+    debug = "--debug" in argv or os.environ.get("STAPO_DEBUG", "").lower() in ("1", "true", "yes")
+    dry_run = "--dry-run" in argv or "--dry_run" in argv
+    argv = [arg for arg in argv if arg not in ("--debug", "--dry-run", "--dry_run")]
+    try:
+        from . import launch
+
+        if "--help-all" in argv:
+            print(launch.make_parser(PROG).format_help())
+            raise SystemExit(0)
+        prepared = launch.prepare(argv)
+    except Exception as error:
+        if debug:
+            raise
+        print(f"{PROG}: error: {one_line(error)} (--debug shows the traceback)", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR) from None
+    if dry_run:
+        print(prepared.summary)
+        print("All checks passed; nothing was downloaded or written (--dry-run).")
+        raise SystemExit(0)
+    launch.train(prepared)
+
+
+if __name__ == "__main__":
+    main()
