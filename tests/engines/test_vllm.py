@@ -86,7 +86,7 @@ def colocate_trainer(model_dir, output_dir, **overrides):
         max_steps=MAX_STEPS,
         save_strategy="no",
         seed=0,
-        spurious_prob_threshold=0.05,
+        spurious_prob_threshold=0.1,  # 2.5x a token's probability under the untrained model (1 / 24 tokens)
         use_vllm=True,
         vllm_mode="colocate",
         vllm_max_model_length=64,
@@ -128,7 +128,7 @@ def test_colocate_completions_come_from_vllm(colocate_run):
 
 def test_colocate_weights_reach_vllm_after_each_step(colocate_run):
     _, record, steps = colocate_run
-    assert record["syncs"] == [True] * (MAX_STEPS - 1)  # before the generations of steps 2 and 3
+    assert record["syncs"] == [True] * MAX_STEPS  # before each step's generation (TRL syncs the first one too)
     for step in steps:
         # vLLM sampled with the trainer's current weights: its log-probs are the trainer's
         assert step["sampling/sampling_logp_difference/max"] < SYNCED_LOGP_DIFFERENCE
@@ -138,18 +138,21 @@ def test_colocate_weights_reach_vllm_after_each_step(colocate_run):
 
 def test_colocate_logs_stapo_metrics(colocate_run):
     _, _, steps = colocate_run
+    # the digit reward is learnt within a few steps at lr 1e-3, and a group whose rewards are all equal has no
+    # positive advantage left to silence: S2T silences tokens in the first steps
+    assert steps[0]["stapo/masked_tokens"] > 0 and steps[1]["stapo/masked_tokens"] > 0
     for step in steps:
         assert math.isfinite(step["loss"]) and math.isfinite(step["grad_norm"])
-        assert step["stapo/masked_tokens"] > 0
         assert step["stapo/nonfinite_tokens"] == 0
-        assert 0 < step["stapo/masked_frac"] <= step["stapo/candidate_frac"]
+        assert step["stapo/masked_frac"] <= step["stapo/candidate_frac"]
+        assert all(math.isfinite(step[f"stapo/entropy_p{percentile}"]) for percentile in (10, 50, 90))
 
 
 def test_stale_vllm_weights_show_in_the_logprobs(engine_model_dir, tmp_path, monkeypatch):
     """The check above can fail: with the weight sync skipped, vLLM samples from the step-0 weights."""
     record = cpu_vllm(monkeypatch, skip_weight_sync=True)
     steps = train_steps(colocate_trainer(engine_model_dir, tmp_path))
-    assert record["syncs"] == [False] * (MAX_STEPS - 1)
+    assert record["syncs"] == [True] + [False] * (MAX_STEPS - 1)  # vLLM loaded the step-0 weights itself
     assert steps[0]["sampling/sampling_logp_difference/max"] < SYNCED_LOGP_DIFFERENCE
     assert all(step["sampling/sampling_logp_difference/max"] > 100 * SYNCED_LOGP_DIFFERENCE for step in steps[1:])
 
@@ -180,10 +183,10 @@ def test_nan_logprobs_from_vllm_are_neutralised(engine_model_dir, tmp_path, monk
 
     trainer._compute_loss = recording_compute_loss
     steps = train_steps(trainer)
-    assert len(poisoned) == MAX_STEPS and record["generate"] == 0  # the wrapper replaced the counted call
+    assert len(poisoned) == record["generate"] == MAX_STEPS
     for step in steps:
         assert math.isfinite(step["loss"]) and math.isfinite(step["grad_norm"])
-        assert step["stapo/masked_tokens"] > 0
+    assert steps[0]["stapo/masked_tokens"] > 0
     assert all(torch.isfinite(ratio).all() for ratio in ratios)
     assert all(torch.isfinite(param).all() for param in trainer.model.parameters())
 
