@@ -14,14 +14,14 @@ def save_engine_model(directory):
 
     ZeRO-3 keeps parameters of at most `stage3_param_persistence_threshold` elements (DeepSpeed's default 1e5)
     whole on every rank: with hidden size 320 every attention and MLP matrix (320 x 320, 320 x 640) has more and
-    is sharded, the norms and the 30-token embedding are not. head_dim 64 is one the CPU attention kernels of vLLM
+    is sharded, the norms and the 24-token embedding are not. head_dim 64 is one the CPU attention kernels of vLLM
     accept.
     """
     tokenizer = tiny_tokenizer()
     model = build_tiny_qwen3(
         tokenizer,
+        "test",
         hidden_size=320,
-        num_hidden_layers=2,
         num_attention_heads=5,
         num_key_value_heads=5,
         intermediate_size=640,
