@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from .arguments import METHOD_PRESETS, ScriptArguments, STAPOArguments
@@ -37,9 +38,22 @@ def bundled_recipes() -> list[str]:
     they are below it (so that they can be pasted after `--config`)."""
     if not RECIPES.is_dir():
         return []
-    paths = sorted(RECIPES.rglob("*.yaml"))
     cwd = Path.cwd().resolve()
-    return [str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path) for path in paths]
+    return [
+        str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path) for path in sorted(RECIPES.rglob("*.yaml"))
+    ]
+
+
+def _recipe_lines() -> list[str]:
+    """One line per recipe folder: `recipes/qwen3-8b/{entropy20,grpo,justrl,stapo}.yaml`."""
+    folders: dict[str, list[str]] = {}
+    for recipe in bundled_recipes():
+        folder, name = os.path.split(recipe)
+        folders.setdefault(folder, []).append(name.removesuffix(".yaml"))
+    return [
+        f"  {os.path.join(folder, names[0] if len(names) == 1 else '{' + ','.join(names) + '}')}.yaml"
+        for folder, names in folders.items()
+    ]
 
 
 def _add_fields(group, dataclass_type) -> None:
@@ -60,7 +74,7 @@ def short_help() -> str:
         f"  {name:<10} {', '.join(f'{key}={value}' for key, value in preset.items())}"
         for name, preset in METHOD_PRESETS.items()
     )
-    recipes = "\n".join(f"  {path}" for path in bundled_recipes()) or "  (none found next to the package)"
+    recipes = "\n".join(_recipe_lines()) or "  (none found next to the package)"
     parser = argparse.ArgumentParser(
         prog=PROG,
         usage=f"{PROG} (--model MODEL | --config RECIPE.yaml) [--method METHOD] [options]",
@@ -69,9 +83,12 @@ def short_help() -> str:
         epilog=(
             f"methods (--method; explicit flags override the preset):\n{methods}\n\n"
             f"bundled recipes (--config):\n{recipes}\n\n"
-            "all TRL options: every field of TRL's GRPOConfig, transformers' TrainingArguments and TRL's ModelConfig "
-            f"is a flag too, e.g. {', '.join(COMMON_TRL_OPTIONS)}.\n"
-            f"Run `{PROG} --help-all` for the full list with their defaults."
+            + textwrap.fill(
+                "all TRL options: every field of TRL's GRPOConfig, transformers' TrainingArguments and TRL's "
+                f"ModelConfig is a flag too, e.g. {', '.join(COMMON_TRL_OPTIONS)}.",
+                110,
+            )
+            + f"\nRun `{PROG} --help-all` for the full list with their defaults."
         ),
         formatter_class=_Formatter,
         add_help=False,

@@ -56,7 +56,8 @@ class STAPOConfig(STAPOArguments, GRPOConfig):
     The defaults of `loss_type`, `epsilon`, `epsilon_high` and `beta` are the paper's (they differ from TRL's only
     in `epsilon_high`). Two defaults follow the machine, so that the same code runs on a GPU node and on a laptop:
     `bf16` left unset is on only where a CUDA device supports it (`hardware_bf16`), and W&B without an API key logs
-    offline to `<output_dir>/wandb` (`fall_back_to_offline_wandb`, which `stapo-train` uses too). A non-positive
+    offline to `<output_dir>/wandb` (`fall_back_to_offline_wandb`, called by `STAPOTrainer` and `stapo-train`
+    alike). A non-positive
     `learning_rate` is rejected here, not by torch when training starts.
 
     Parameters:
@@ -100,7 +101,6 @@ class STAPOConfig(STAPOArguments, GRPOConfig):
             self.bf16 = hardware_bf16(self.use_cpu)
         super().__post_init__()
         self._validate_stapo_fields()
-        fall_back_to_offline_wandb(self.report_to, self.output_dir)
 
     def __getstate__(self):
         # Checkpoints pickle the arguments (training_args.bin): never with a secret in them.

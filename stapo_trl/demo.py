@@ -8,8 +8,9 @@ Everything is built locally, nothing is downloaded:
   from a policy that is sometimes right (a group of 8 all-wrong completions carries no signal);
 - the settings of the RL run that follows (`demo_settings`), measured on a 2-core CPU machine.
 
-`train.py --config recipes/demo_cpu.yaml` calls `prepare_demo`, trains with `STAPOTrainer` and the settings of
-`demo_settings`, records the logs with `DemoMetricsCallback` and draws them with `stapo_trl.plots`.
+`stapo-train --config recipes/demo_cpu.yaml` (or `python train.py ...`) calls `prepare_demo`, trains with
+`STAPOTrainer` and the settings of `demo_settings`, records the logs with `DemoMetricsCallback`, shows one progress bar
+(`use_demo_progress_bar`) and ends with `finish_demo`: held-out accuracy, `summary.json` and the plots.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback
 from .rewards import extract_boxed_answer
 from .tiny import BOXED_TOKEN, build_char_tokenizer, build_tiny_qwen3
 
-# Model size of the demo (see DESIGN.md, "The CPU demo is feasible").
+# Model size of the demo (see docs/design.md, "The CPU demo").
 DEMO_MODEL_KWARGS = dict(
     hidden_size=128,
     num_hidden_layers=4,
@@ -320,6 +321,12 @@ def warm_start(
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
     finally:
         bar.close()
+    if progress and check:
+        if reached:
+            print(f"Warm start reached its target: {accuracy:.1%} held-out greedy accuracy >= {target_accuracy:.0%} after "
+                  f"{step} steps; starting RL.")  # fmt: skip
+        else:
+            print(f"Warm start stopped at max_steps={max_steps} below its target ({target_accuracy:.0%}); starting RL.")
     optimizer.zero_grad(set_to_none=True)
     return {
         "steps": step,
@@ -420,7 +427,7 @@ class DemoProgressCallback(TrainerCallback):
     swaps them for this callback. `postfix` maps logged keys to short labels.
     """
 
-    DEFAULT_POSTFIX = {"reward": "reward", "entropy": "entropy", "stapo/masked_frac": "masked"}
+    DEFAULT_POSTFIX = {"reward": "reward", "entropy": "entropy", "stapo/masked_frac": "silenced"}
 
     def __init__(self, postfix: dict[str, str] | None = None, desc: str = "RL"):
         self.postfix = dict(self.DEFAULT_POSTFIX if postfix is None else postfix)
@@ -484,7 +491,7 @@ DEMO_NUM_EVAL = 500
 def demo_settings(**overrides: Any) -> dict[str, Any]:
     """`STAPOConfig` field values of the demo's RL run: `STAPOConfig(**demo_settings(output_dir=...))`.
 
-    Measured on a 2-core CPU machine (see the module docstring of `stapo_trl.demo` and DESIGN.md): 16 prompts x 8
+    Measured on a 2-core CPU machine (see docs/design.md, "The CPU demo"): 16 prompts x 8
     completions per step in one micro-batch, DAPO loss without KL, 0/1 accuracy reward, temperature 1.0, learning
     rate 1e-4 decaying linearly to 0. `overrides` replace or add fields; an unknown field raises `TypeError`.
     """
@@ -597,11 +604,12 @@ def finish_demo(
     """After the RL run: held-out accuracy, `summary.json` and the plots, in `output_dir`.
 
     Evaluates `model` (`evaluate_demo`), writes `<output_dir>/summary.json` (`accuracy_before_rl` from `info`,
-    `accuracy_after_rl`, the warm start, `extra`), draws `training_curves.png` (reward, entropy, silenced
-    fraction) and one PNG per metric from `<output_dir>/metrics.jsonl` when it exists, and returns the summary
-    (with `plots`, the paths written). `format_demo_summary` turns it into a line for the console.
+    `accuracy_after_rl`, the warm start, `extra`), draws `accuracy_before_after.png` (greedy and sampled held-out
+    accuracy before and after RL), `training_curves.png` (reward, entropy, silenced fraction) and one PNG per metric
+    from `<output_dir>/metrics.jsonl` when it exists, and returns the summary (with `plots`, the paths written).
+    `format_demo_summary` turns it into a line for the console.
     """
-    from .plots import EXTENDED_KEYS, plot_each_metric, plot_runs, plot_training_curves
+    from .plots import EXTENDED_KEYS, plot_accuracy_before_after, plot_each_metric, plot_runs, plot_training_curves
 
     output_dir = os.fspath(output_dir)
     summary: dict[str, Any] = {
@@ -614,12 +622,17 @@ def finish_demo(
     }
     metrics_path = os.path.join(output_dir, "metrics.jsonl")
     plots: list[str] = []
+    if summary["accuracy_before_rl"]:
+        accuracy_plot = os.path.join(output_dir, "accuracy_before_after.png")
+        title = f"CPU demo: {len(eval_ds)} held-out problems"
+        plot_accuracy_before_after(summary["accuracy_before_rl"], summary["accuracy_after_rl"], accuracy_plot, title)
+        plots.append(accuracy_plot)
     if os.path.exists(metrics_path) and read_metrics(metrics_path):
         curves = os.path.join(output_dir, "training_curves.png")
         plot_training_curves(metrics_path, curves, title="STAPO on the CPU demo")
         details = os.path.join(output_dir, "training_details.png")
         plot_runs({"run": metrics_path}, keys=EXTENDED_KEYS, output_path=details)
-        plots = [curves, details, *plot_each_metric(metrics_path, output_dir)]
+        plots += [curves, details, *plot_each_metric(metrics_path, output_dir)]
     summary["plots"] = plots
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "summary.json"), "w", encoding="utf-8") as handle:

@@ -157,7 +157,9 @@ def resolved_summary(script_args: ScriptArguments, args: STAPOConfig, model_args
         f"{args.spurious_entropy_threshold} nats"
         if args.spurious_entropy_threshold is not None
         else f"{args.spurious_entropy_quantile}-quantile of candidates' entropies"
+        + (" over each optimizer step" if args.spurious_stats_scope == "step" else " per micro-batch")
     )
+    scheduler = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
     lines = [
         f"method              {script_args.method}",
         f"model               {'tiny demo model (built locally)' if script_args.demo else model_args.model_name_or_path}",
@@ -167,9 +169,9 @@ def resolved_summary(script_args: ScriptArguments, args: STAPOConfig, model_args
         f"loss                {args.loss_type}, clip [{1 - args.epsilon:g}, {1 + args.epsilon_high:g}], beta {args.beta},"
         f" top_entropy_quantile {args.top_entropy_quantile}"
         + (" (renormalised)" if args.renormalize_entropy_mask else ""),
-        f"optimiser           lr {args.learning_rate:g} ({args.lr_scheduler_type}, warm-up {args.warmup_steps}),"
+        f"optimiser           lr {args.learning_rate:g} ({scheduler}, warm-up {args.warmup_steps}),"
         f" weight decay {args.weight_decay}, grad clip {args.max_grad_norm}",
-        f"processes           {world}",
+        f"processes           {world}, {'bf16' if args.bf16 else 'fp16' if args.fp16 else 'fp32'}",
         f"micro-batch         {args.per_device_train_batch_size} completions per device,"
         f" gradient accumulation {args.gradient_accumulation_steps}",
         f"per generation      {args.generation_batch_size // args.num_generations} prompts x {args.num_generations}"
@@ -488,6 +490,7 @@ def _run_demo(script_args, args, checkpoint) -> dict:
         processing_class=tokenizer,
         callbacks=[demo.DemoMetricsCallback()],
     )
+    demo.use_demo_progress_bar(trainer)  # one bar with reward, entropy and silenced share, not a dict per step
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(args.output_dir)
     summary = demo.finish_demo(

@@ -247,3 +247,35 @@ def plot_each_metric(
         plot_runs(runs, keys=[key], output_path=path, smooth=smooth)
         paths.append(path)
     return paths
+
+
+def plot_accuracy_before_after(
+    before: Mapping[str, float],
+    after: Mapping[str, float],
+    output_path: str | os.PathLike | None = None,
+    title: str | None = None,
+):
+    """Grouped bars of held-out accuracy before and after RL, one group per decoding (`{"greedy": 0.28, ...}`),
+    each bar labelled with its percentage. Returns the `Figure`; `output_path` also saves it as a PNG."""
+    from matplotlib.figure import Figure
+
+    decodings = [name for name in before if name in after]
+    if not decodings:
+        raise ValueError(f"No decoding in both `before` ({sorted(before)}) and `after` ({sorted(after)}).")
+    figure = Figure(figsize=(1.8 + 1.9 * len(decodings), 3.4), layout="constrained")
+    axis = figure.subplots()
+    width = 0.38
+    for offset, (label, values, color) in enumerate((("before RL", before, "C7"), ("after RL", after, "C0"))):
+        positions = [index + (offset - 0.5) * width for index in range(len(decodings))]
+        heights = [100 * values[name] for name in decodings]
+        bars = axis.bar(positions, heights, width, label=label, color=color)
+        axis.bar_label(bars, labels=[f"{height:.1f}%" for height in heights], fontsize=8, padding=2)
+    axis.set_xticks(range(len(decodings)), decodings)
+    axis.set_ylabel("held-out accuracy (%)")
+    axis.set_ylim(0, 105)
+    axis.legend(fontsize=8, loc="upper left")
+    axis.grid(axis="y", alpha=0.3)
+    if title:
+        axis.set_title(title, fontsize=10)
+    save_figure(figure, output_path)
+    return figure

@@ -10,7 +10,7 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
-from .config import STAPOConfig
+from .config import STAPOConfig, fall_back_to_offline_wandb
 from .rewards import PROBLEM_KEYS, reward_problem_counts
 from .s2t import (
     ENTROPY_HISTOGRAM_LOG_BINS,
@@ -178,6 +178,7 @@ class STAPOTrainer(GRPOTrainer):
                 f"STAPOTrainer needs `args` to be a STAPOConfig, got {type(args).__name__}. "
                 "Build one with STAPOConfig(**grpo_config.to_dict()) to keep your GRPO settings."
             )
+        fall_back_to_offline_wandb(args.report_to, args.output_dir)  # as stapo-train does: no W&B key, log offline
         # The policy's outputs for the loss, computed once by `_compute_loss` and handed back to TRL's loss.
         self._loss_forward = None
         self._loss_entropy_mask = None

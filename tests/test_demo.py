@@ -133,6 +133,17 @@ def test_warm_start_stops_when_the_target_is_reached(tokenizer):
     assert 0.0 <= info["accuracy"] <= 1.0
 
 
+@pytest.mark.parametrize(("target", "message"), [(0.0, "Warm start reached its target"), (1.0, "below its target")])
+def test_warm_start_says_whether_it_reached_its_target(tokenizer, capsys, target, message):
+    train_ds, eval_ds = demo.make_demo_datasets(seed=0, num_train=64, num_eval=20)
+    model = demo.build_demo_model(tokenizer, seed=0)
+    info = demo.warm_start(model, tokenizer, train_ds, eval_ds, target_accuracy=target, max_steps=3, eval_every=3)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Warm start")]
+    assert len(lines) == 1 and message in lines[0]
+    if info["reached_target"]:
+        assert f"after {info['steps']} steps" in lines[0] and f"{info['accuracy']:.1%}" in lines[0]
+
+
 def test_supervised_targets_cover_the_completion_only(tokenizer):
     train_ds, _ = demo.make_demo_datasets(seed=0, num_train=8, num_eval=10)
     input_ids, attention_mask, labels = demo._supervised_tensors(tokenizer, train_ds)
@@ -366,7 +377,10 @@ def test_demo_settings_drive_a_real_stapo_run_with_metrics_progress_and_plots(tm
     for key in ("reward", "entropy", "stapo/masked_frac", "stapo/candidate_frac", "completions/mean_length"):
         assert all(isinstance(r[key], float) for r in steps), key
     assert (tmp_path / "metrics.csv").read_text().startswith("step,epoch,")
-    assert "'loss'" not in capsys.readouterr().out  # the log dicts are not printed
+    captured = capsys.readouterr()
+    assert "'loss'" not in captured.out  # the log dicts are not printed
+    bar = captured.err.replace("\r", "\n").splitlines()
+    assert any(line.startswith("RL: 100%") and "2/2" in line and "silenced=" in line for line in bar), bar[-3:]
     paths = plot_each_metric(tmp_path / "metrics.jsonl", tmp_path)
     plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "training_curves.png")
     for path in [*paths, str(tmp_path / "training_curves.png")]:
@@ -382,9 +396,26 @@ def test_finish_demo_writes_the_summary_and_plots(tmp_path, tokenizer):
     assert summary["accuracy_after_rl"] == {"greedy": 1.0, "sampled": 1.0}
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["accuracy_before_rl"]["greedy"] == 0.25 and saved["seconds"] == 1.5
-    for name in ("training_curves.png", "training_details.png", "reward.png", "entropy.png", "stapo_masked_frac.png"):
+    for name in ("accuracy_before_after.png", "training_curves.png", "training_details.png", "reward.png",
+                 "entropy.png", "stapo_masked_frac.png"):  # fmt: skip
         _assert_png(tmp_path / name)
     line = demo.format_demo_summary(summary)
     assert "25.0% -> 100.0%" in line and "12.5% -> 100.0%" in line and "30 problems" in line
     (tmp_path / "metrics.jsonl").unlink()
-    assert demo.finish_demo(ScriptedModel(tokenizer), tokenizer, eval_ds, info, tmp_path / "new")["plots"] == []
+    # without metrics only the before/after figure is drawn
+    plots = demo.finish_demo(ScriptedModel(tokenizer), tokenizer, eval_ds, info, tmp_path / "new")["plots"]
+    assert plots == [str(tmp_path / "new" / "accuracy_before_after.png")]
+
+
+def test_accuracy_figure_draws_the_before_and_after_values(tmp_path):
+    from stapo_trl.plots import plot_accuracy_before_after
+
+    before, after = {"greedy": 0.278, "sampled": 0.182}, {"greedy": 0.714, "sampled": 0.488}
+    figure = plot_accuracy_before_after(before, after, tmp_path / "accuracy.png")
+    axis = figure.axes[0]
+    assert [round(bar.get_height(), 6) for bar in axis.patches] == [27.8, 18.2, 71.4, 48.8]
+    assert [text.get_text() for text in axis.texts] == ["27.8%", "18.2%", "71.4%", "48.8%"]
+    assert [tick.get_text() for tick in axis.get_xticklabels()] == ["greedy", "sampled"]
+    _assert_png(tmp_path / "accuracy.png")
+    with pytest.raises(ValueError, match="No decoding in both"):
+        plot_accuracy_before_after({"greedy": 0.1}, {"sampled": 0.2})
