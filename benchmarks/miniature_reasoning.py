@@ -269,6 +269,38 @@ def aggregate(args) -> dict:
     return {"runs": runs, "table": table}
 
 
+def markdown_table(table: dict) -> str:
+    """The README's table: per variant, held-out accuracy per seed, and each curve's first / last 10% of updates."""
+
+    def mean_of(entry, key, part):
+        values = [seed[part] for seed in entry.get(key, [])]
+        return statistics.mean(values) if values else float("nan")
+
+    def first_last(entry, key, digits=3):
+        return f"{mean_of(entry, key, 'first_10pct'):.{digits}f} -> {mean_of(entry, key, 'last_10pct'):.{digits}f}"
+
+    lines = [
+        "| variant | held-out greedy accuracy, start -> end, per seed | mean end | entropy, mean (first -> last 10%) "
+        "| entropy, median | silenced fraction (mean) | updates with tokens silenced | candidate fraction (mean) "
+        "| grad norm | reward | wall time per run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, entry in table.items():
+        accuracy = " / ".join(f"{100 * a:.1f} -> {100 * b:.1f}" for a, b in
+                              zip(entry["heldout_accuracy_start"], entry["heldout_accuracy_end"]))
+        end = statistics.mean(entry["heldout_accuracy_end"]) if entry["heldout_accuracy_end"] else float("nan")
+        steps_share = entry["share_of_steps_with_silenced_tokens"]
+        lines.append(
+            f"| {METHOD_LABELS[variant]} | {accuracy} | {100 * end:.1f}% | {first_last(entry, 'entropy')} "
+            f"| {first_last(entry, 'stapo/entropy_p50')} | {100 * mean_of(entry, 'stapo/masked_frac', 'mean_all_steps'):.3f}% "
+            f"| {100 * statistics.mean(steps_share):.0f}% | "
+            f"{100 * mean_of(entry, 'stapo/candidate_frac', 'mean_all_steps'):.3f}% "
+            f"| {first_last(entry, 'grad_norm', 2)} | {first_last(entry, 'reward', 2)} "
+            f"| {min(entry['train_seconds']):.0f}-{max(entry['train_seconds']):.0f} s |"
+        )
+    return "\n".join(lines)
+
+
 def plot(args, aggregated, output_path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -350,6 +382,7 @@ def main(argv=None):
     warm = json.loads(warm_path.read_text()) if warm_path.exists() else None
     for variant, entry in aggregated["table"].items():
         print(f"{METHOD_LABELS[variant]}: {json.dumps(entry)}", flush=True)
+    print(markdown_table(aggregated["table"]), flush=True)
     write_result(args.results_name, {
         "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "warm_worker")},
         "rl_settings": {k: v for k, v in rl_settings("", 0, args.steps).items() if k not in ("output_dir", "seed")},
