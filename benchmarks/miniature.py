@@ -106,9 +106,30 @@ def _accuracy_reward():
     return accuracy_reward
 
 
+def held_out_accuracy_callback(path: Path, accuracy_of, eval_every: int):
+    """A `TrainerCallback` writing `accuracy_of(model)` to `path` as JSON lines `{"step", "heldout_greedy_accuracy"}`:
+    before the first step, every `eval_every` steps and at the last one (both studies use it)."""
+    from transformers import TrainerCallback
+
+    class HeldOutAccuracy(TrainerCallback):
+        def _evaluate(self, model, step):
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": step, "heldout_greedy_accuracy": accuracy_of(model)}) + "\n")
+
+        def on_train_begin(self, train_args, state, control, model=None, **kwargs):
+            path.write_text("")
+            self._evaluate(model, 0)
+
+        def on_step_end(self, train_args, state, control, model=None, **kwargs):
+            if state.global_step % eval_every == 0 or state.global_step == state.max_steps:
+                self._evaluate(model, state.global_step)
+
+    return HeldOutAccuracy()
+
+
 def run_worker(args, seed: int, method: str) -> None:
     import torch
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
 
     from stapo_trl import STAPOConfig, STAPOTrainer
     from stapo_trl.demo import DemoMetricsCallback, demo_settings, greedy_accuracy, make_demo_datasets
@@ -129,24 +150,9 @@ def run_worker(args, seed: int, method: str) -> None:
     settings["model_init_kwargs"] = {"dtype": "float32"}
     accuracy_path = run_dir / "heldout_accuracy.jsonl"
 
-    class HeldOutAccuracy(TrainerCallback):
-        def __init__(self):
-            self.trainer = None
-
-        def _evaluate(self, step):
-            accuracy = greedy_accuracy(self.trainer.model, tokenizer, eval_ds, limit=args.eval_limit)
-            with open(accuracy_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": step, "heldout_greedy_accuracy": accuracy}) + "\n")
-
-        def on_train_begin(self, train_args, state, control, **kwargs):
-            accuracy_path.write_text("")
-            self._evaluate(0)
-
-        def on_step_end(self, train_args, state, control, **kwargs):
-            if state.global_step % args.eval_every == 0 or state.global_step == state.max_steps:
-                self._evaluate(state.global_step)
-
-    accuracy_callback = HeldOutAccuracy()
+    accuracy_callback = held_out_accuracy_callback(
+        accuracy_path, lambda model: greedy_accuracy(model, tokenizer, eval_ds, limit=args.eval_limit), args.eval_every
+    )
     trainer = STAPOTrainer(
         model=str(warm),
         reward_funcs=_accuracy_reward(),
@@ -155,7 +161,6 @@ def run_worker(args, seed: int, method: str) -> None:
         processing_class=tokenizer,
         callbacks=[DemoMetricsCallback(run_dir), accuracy_callback],
     )
-    accuracy_callback.trainer = trainer
     start = time.perf_counter()
     trainer.train()
     summary = {

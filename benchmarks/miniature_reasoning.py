@@ -50,7 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO_ROOT, RESULTS_DIR, load_average, write_result
-from miniature import read_jsonl, run_series
+from miniature import held_out_accuracy_callback, read_jsonl, run_series
 
 METHOD_LABELS = {
     "stapo": "STAPO",
@@ -169,7 +169,7 @@ def run_warm_worker(args, seed: int) -> None:
 
 def run_worker(args, seed: int, variant: str) -> None:
     import torch
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
 
     import reasoning_task as task
     from stapo_trl import STAPOConfig, STAPOTrainer
@@ -184,24 +184,9 @@ def run_worker(args, seed: int, variant: str) -> None:
     settings = {**rl_settings(str(run_dir), seed, args.steps), **variant_overrides(variant)}
     accuracy_path = run_dir / "heldout_accuracy.jsonl"
 
-    class HeldOutAccuracy(TrainerCallback):
-        def __init__(self):
-            self.model = None
-
-        def _evaluate(self, step):
-            accuracy = task.greedy_accuracy(self.model, tokenizer, held_out)
-            with open(accuracy_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": step, "heldout_greedy_accuracy": accuracy}) + "\n")
-
-        def on_train_begin(self, train_args, state, control, **kwargs):
-            accuracy_path.write_text("")
-            self._evaluate(0)
-
-        def on_step_end(self, train_args, state, control, **kwargs):
-            if state.global_step % args.eval_every == 0 or state.global_step == state.max_steps:
-                self._evaluate(state.global_step)
-
-    accuracy = HeldOutAccuracy()
+    accuracy = held_out_accuracy_callback(
+        accuracy_path, lambda model: task.greedy_accuracy(model, tokenizer, held_out), args.eval_every
+    )
     trainer = STAPOTrainer(
         model=str(warm),
         reward_funcs=task.boxed_reward,
@@ -210,7 +195,6 @@ def run_worker(args, seed: int, variant: str) -> None:
         processing_class=tokenizer,
         callbacks=[DemoMetricsCallback(run_dir), accuracy],
     )
-    accuracy.model = trainer.model
     start = time.perf_counter()
     trainer.train()
     summary = {

@@ -32,7 +32,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, TrainerCallback
 
 from stapo_trl.rewards import extract_boxed_answer
-from stapo_trl.tiny import BOXED_TOKEN, EOS_TOKEN, PAD_TOKEN, UNK_TOKEN, build_tiny_qwen3
+from stapo_trl.tiny import BOXED_TOKEN, EOS_TOKEN, PAD_TOKEN, UNK_TOKEN, as_pretrained_tokenizer, build_tiny_qwen3
 
 MAX_COMPLETION_LENGTH = 96
 VOCAB_SIZE = 2048
@@ -180,14 +180,7 @@ def build_reasoning_tokenizer(corpus: Sequence[str], vocab_size: int = VOCAB_SIZ
     )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     tokenizer.add_tokens([BOXED_TOKEN])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token=PAD_TOKEN,
-        eos_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
-        padding_side="left",
-        clean_up_tokenization_spaces=False,
-    )
+    return as_pretrained_tokenizer(tokenizer)
 
 
 def build_reasoning_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0):

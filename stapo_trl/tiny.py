@@ -20,6 +20,19 @@ _TOKEN_PATTERN = Regex(r"\\boxed\{|<eos>|<pad>|<unk>|.")
 ADDITION_CHARACTERS = "What is 0123456789+? \\boxed{}"
 
 
+def as_pretrained_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    """`tokenizer` as a transformers tokenizer with the project's `<pad>`/`<eos>`/`<unk>` and left padding (for
+    generation), decoding without clean-up so that text round-trips."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=UNK_TOKEN,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+
+
 def build_char_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
     """Build a character-level tokenizer from the characters of `corpus` (with `\\boxed{` as a single token).
 
@@ -33,14 +46,7 @@ def build_char_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
     tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.Fuse()
     tokenizer.add_special_tokens([PAD_TOKEN, EOS_TOKEN, UNK_TOKEN])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token=PAD_TOKEN,
-        eos_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
-        padding_side="left",
-        clean_up_tokenization_spaces=False,
-    )
+    return as_pretrained_tokenizer(tokenizer)
 
 
 def _size(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, **more: int) -> dict[str, int]:
