@@ -38,9 +38,16 @@ def digit_count_reward(completions, **kwargs):
 
 
 def build_trainer(
-    trainer_class, config_class, output_dir, model=None, reward_funcs=contains_answer_reward, **config_kwargs
+    trainer_class,
+    config_class,
+    output_dir,
+    model=None,
+    reward_funcs=contains_answer_reward,
+    train_dataset=None,
+    **config_kwargs,
 ):
-    """A trainer on the tiny model with CPU-friendly settings; `config_kwargs` override them."""
+    """A trainer on the tiny model (and 16 addition prompts unless `train_dataset` is given) with CPU-friendly
+    settings; `config_kwargs` override them."""
     tokenizer = tiny_tokenizer()
     settings = dict(
         output_dir=str(output_dir),
@@ -59,7 +66,7 @@ def build_trainer(
         model=model if model is not None else tiny_model(tokenizer),
         reward_funcs=reward_funcs,
         args=config_class(**settings),
-        train_dataset=addition_dataset(),
+        train_dataset=train_dataset if train_dataset is not None else addition_dataset(),
         processing_class=tokenizer,
     )
 
@@ -107,6 +114,27 @@ def loss_and_grads(trainer, inputs, gradient_accumulation_steps=1):
     loss.backward()
     grads = {name: param.grad.clone() for name, param in trainer.model.named_parameters() if param.grad is not None}
     return loss.detach(), grads
+
+
+def loss_grads_and_spurious(trainer, inputs):
+    """`loss_and_grads` on one micro-batch, plus the `SpuriousTokens` the trainer found in it."""
+    import stapo_trl.trainer as trainer_module
+
+    find_spurious_tokens_in_batches = trainer_module.find_spurious_tokens_in_batches
+    found = []
+
+    def recording(*args, **kwargs):
+        result = find_spurious_tokens_in_batches(*args, **kwargs)
+        found.extend(result)
+        return result
+
+    trainer_module.find_spurious_tokens_in_batches = recording
+    try:
+        loss, grads = loss_and_grads(trainer, inputs)
+    finally:
+        trainer_module.find_spurious_tokens_in_batches = find_spurious_tokens_in_batches
+    (spurious,) = found
+    return loss, grads, spurious
 
 
 @pytest.fixture

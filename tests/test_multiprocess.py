@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_trainer, hand_batch, loss_and_grads
+from conftest import build_trainer, hand_batch, loss_grads_and_spurious
 from test_step_scope import SHAPES, assert_step_matches, own_thresholds
 from test_trainer import current_logps_and_entropies, thresholds_that_silence_some
 
-import stapo_trl.trainer as trainer_module
 from stapo_trl import STAPOConfig, STAPOTrainer
 
 SCRIPT = Path(__file__).parent / "scripts" / "s2t_two_processes.py"
@@ -36,29 +35,20 @@ def torchrun(script, *args, timeout):
     assert completed.returncode == 0, completed.stderr[-4000:]
 
 
-def single_process(tmp_path, monkeypatch):
+def single_process(tmp_path):
     trainer = build_trainer(STAPOTrainer, STAPOConfig, tmp_path / "one", spurious_entropy_quantile=0.5)
     inputs = hand_batch(trainer.processing_class)
     logps, _ = current_logps_and_entropies(trainer, inputs)
     trainer.args.spurious_prob_threshold = thresholds_that_silence_some(
         logps, inputs["advantages"], inputs["completion_mask"]
     )
-    captured = {}
-    find_spurious_tokens_in_batches = trainer_module.find_spurious_tokens_in_batches
-
-    def capture(*args, **kwargs):
-        found = find_spurious_tokens_in_batches(*args, **kwargs)
-        (captured["result"],) = found
-        return found
-
-    monkeypatch.setattr(trainer_module, "find_spurious_tokens_in_batches", capture)
-    loss, grads = loss_and_grads(trainer, inputs)
+    loss, grads, found = loss_grads_and_spurious(trainer, inputs)
     metrics = trainer._finish_s2t_window("train")
-    return trainer.args.spurious_prob_threshold, loss, grads, captured["result"], metrics
+    return trainer.args.spurious_prob_threshold, loss, grads, found, metrics
 
 
-def test_two_processes_equal_one(tmp_path, monkeypatch):
-    prob_threshold, loss, grads, result, metrics = single_process(tmp_path, monkeypatch)
+def test_two_processes_equal_one(tmp_path):
+    prob_threshold, loss, grads, result, metrics = single_process(tmp_path)
     assert result.spurious.any()
     output = tmp_path / "two.pt"
     torchrun(SCRIPT, str(output), repr(prob_threshold), timeout=300)

@@ -7,7 +7,7 @@ weights and inputs alone. tests/test_multiprocess.py runs the same cases on two 
 
 import pytest
 import torch
-from conftest import addition_dataset, digit_count_reward, tiny_model, tiny_tokenizer
+from conftest import addition_dataset, build_trainer, digit_count_reward
 from step_reference import RecordingSTAPOTrainer, whole_step_reference
 from transformers import TrainerCallback
 
@@ -31,31 +31,18 @@ class KeepGradients(TrainerCallback):
 def recording_trainer(
     output_dir, gradient_accumulation_steps, steps_per_generation, num_iterations=1, max_steps=2, **settings
 ):
-    tokenizer = tiny_tokenizer()
-    config = STAPOConfig(
-        output_dir=str(output_dir),
-        bf16=False,
-        use_cpu=True,
-        report_to=[],
-        per_device_train_batch_size=4,
-        num_generations=2,
-        max_completion_length=6,
+    trainer = build_trainer(
+        RecordingSTAPOTrainer,
+        STAPOConfig,
+        output_dir,
+        reward_funcs=digit_count_reward,
+        train_dataset=addition_dataset(64),
         gradient_accumulation_steps=gradient_accumulation_steps,
         steps_per_generation=steps_per_generation,
         num_iterations=num_iterations,
         max_steps=max_steps,
         max_grad_norm=0.0,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
         **{**STEP_CASE_SETTINGS, **settings},
-    )
-    trainer = RecordingSTAPOTrainer(
-        model=tiny_model(tokenizer),
-        reward_funcs=digit_count_reward,
-        args=config,
-        train_dataset=addition_dataset(64),
-        processing_class=tokenizer,
     )
     trainer.add_callback(KeepGradients(trainer))
     return trainer

@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import build_trainer, hand_batch, loss_and_grads  # noqa: E402
+from conftest import build_trainer, hand_batch, loss_grads_and_spurious  # noqa: E402
 
-import stapo_trl.trainer as trainer_module  # noqa: E402
 from stapo_trl import STAPOConfig, STAPOTrainer  # noqa: E402
 
 ROWS_OF_RANK = ([0, 2], [1, 3])
@@ -34,19 +33,10 @@ def main(output_path, prob_threshold):
     local = {key: value[rows] for key, value in full.items() if key != "num_items_in_batch"}
     local["num_items_in_batch"] = full["num_items_in_batch"]  # TRL's count is global
 
-    captured = {}
-    find_spurious_tokens_in_batches = trainer_module.find_spurious_tokens_in_batches
-
-    def capture(*args, **kwargs):
-        found = find_spurious_tokens_in_batches(*args, **kwargs)
-        (captured["result"],) = found
-        return found
-
-    trainer_module.find_spurious_tokens_in_batches = capture
-    loss, grads = loss_and_grads(trainer, local)
+    loss, grads, found = loss_grads_and_spurious(trainer, local)
     mean_loss = accelerator.reduce(loss.clone(), reduction="mean")
     averaged = {name: accelerator.reduce(grad.contiguous(), reduction="mean") for name, grad in grads.items()}
-    gathered = accelerator.gather(captured["result"].spurious.int())
+    gathered = accelerator.gather(found.spurious.int())
     spurious = torch.empty_like(gathered)
     spurious[torch.tensor(ROWS_OF_RANK).reshape(-1)] = gathered
     metrics = trainer._finish_s2t_window("train")
@@ -56,7 +46,7 @@ def main(output_path, prob_threshold):
                 "loss": mean_loss,
                 "grads": averaged,
                 "spurious": spurious.bool(),
-                "entropy_threshold": captured["result"].entropy_threshold,
+                "entropy_threshold": found.entropy_threshold,
                 "metrics": metrics,
             },
             output_path,
