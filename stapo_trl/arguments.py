@@ -26,8 +26,9 @@ SPURIOUS_STATS_SCOPES = ("step", "micro_batch")
 
 
 @dataclass
-class ScriptArguments:
-    """Arguments of `stapo-train` that are not training or model settings."""
+class STAPOScriptArguments:
+    """Arguments of `stapo-train` that are not training or model settings (the counterpart of TRL's
+    `GRPOScriptArguments`, with its own name since the fields differ)."""
 
     method: str = field(
         default="stapo",

@@ -19,7 +19,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .arguments import METHOD_PRESETS, ScriptArguments, STAPOArguments
+from .arguments import METHOD_PRESETS, STAPOArguments, STAPOScriptArguments
 
 PROG = "stapo-train"
 USAGE_ERROR = 2
@@ -104,7 +104,7 @@ def short_help() -> str:
     )  # fmt: skip
     run.add_argument("--debug", action="store_true", help="Show the traceback of an error (or set STAPO_DEBUG=1).")
     _add_fields(parser.add_argument_group("STAPO (S2T) and the paper's loss defaults"), STAPOArguments)
-    _add_fields(parser.add_argument_group("recipe: data, reward, demo, W&B, in-training evaluation"), ScriptArguments)
+    _add_fields(parser.add_argument_group("recipe: data, reward, demo, W&B, in-training evaluation"), STAPOScriptArguments)
     return parser.format_help()
 
 
@@ -114,7 +114,11 @@ def one_line(error: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `stapo-train` and `train.py`; exits with 0 on success and 2 on bad input."""
+    """Entry point of `stapo-train` and `train.py`; exits with 0 on success and 2 on bad input.
+
+    parse -> check -> (--dry-run: the resolved settings, stop) -> the run's entry: `stapo_trl.launch.run_training`,
+    or `stapo_trl.demo.run_demo` for the CPU demo; both run the launcher's stages (see `stapo_trl.launch`).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print(short_help())
@@ -128,17 +132,22 @@ def main(argv: list[str] | None = None) -> None:
         if "--help-all" in argv:
             print(launch.make_parser(PROG).format_help())
             raise SystemExit(0)
-        prepared = launch.prepare(argv)
+        run = launch.check(launch.parse(argv))
     except Exception as error:
         if debug:
             raise
         print(f"{PROG}: error: {one_line(error)} (--debug shows the traceback)", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None
     if dry_run:
-        print(prepared.summary)
+        print(run.summary)
         print("All checks passed; nothing was downloaded or written (--dry-run).")
         raise SystemExit(0)
-    launch.train(prepared)
+    if run.script_args.demo:
+        from .demo import run_demo
+
+        run_demo(run)
+    else:
+        launch.run_training(run)
 
 
 if __name__ == "__main__":

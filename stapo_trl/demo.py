@@ -8,9 +8,11 @@ Everything is built locally, nothing is downloaded:
   from a policy that is sometimes right (a group of 8 all-wrong completions carries no signal);
 - the settings of the RL run that follows (`demo_settings`), measured on a 2-core CPU machine.
 
-`stapo-train --config recipes/demo_cpu.yaml` (or `python train.py ...`) calls `prepare_demo`, trains with
-`STAPOTrainer` and the settings of `demo_settings`, records the logs with `DemoMetricsCallback`, shows one progress bar
-(`use_demo_progress_bar`) and ends with `finish_demo`: held-out accuracy, `summary.json` and the plots.
+`stapo-train --config recipes/demo_cpu.yaml` (or `python train.py ...`) runs `run_demo`, the demo's entry: the
+launcher's stages (`stapo_trl.launch`) with the demo's own data and model. `prepare_demo` builds and warm-starts
+them, `STAPOTrainer` trains with the settings of `demo_settings`, `DemoMetricsCallback` records the logs, one progress
+bar shows the run (`use_demo_progress_bar`) and `finish_demo` ends it: held-out accuracy, `summary.json` and the
+plots.
 """
 
 from __future__ import annotations
@@ -653,3 +655,49 @@ def format_demo_summary(summary: dict[str, Any]) -> str:
         f"(sampled at T=1: {pct(before.get('sampled'))} -> {pct(after.get('sampled'))}; "
         f"{summary.get('num_eval', '?')} problems never seen in training)"
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The demo's entry: the launcher's stages with the demo's data and model
+# --------------------------------------------------------------------------------------------------------------
+
+
+def run_demo(run) -> dict[str, Any]:
+    """Train a checked demo run (`stapo_trl.launch.Run`); returns `finish_demo`'s summary.
+
+    The launcher's stages in the launcher's order; only `resolve` is the demo's own (`prepare_demo`: the tiny
+    model, its tokenizer and the arithmetic problems, warm-started), and the report adds the held-out accuracy.
+    """
+    from . import launch
+
+    started = time.perf_counter()
+    launch.announce(run)
+    model, tokenizer, train_dataset, eval_dataset, info = prepare_demo(
+        run.args.output_dir,
+        seed=run.args.seed,
+        target_accuracy=run.script_args.demo_target_accuracy,
+        warm_start_max_steps=run.script_args.demo_warm_start_steps,
+    )
+    resolved = launch.Resolved(
+        model=model,
+        tokenizer=tokenizer,
+        train_dataset=train_dataset,
+        reward_funcs=launch.reward_function(run.script_args.reward),
+        dataset_name=None,
+        callbacks=[DemoMetricsCallback()],
+    )
+    trainer = launch.build_trainer(run, resolved)
+    use_demo_progress_bar(trainer)  # one bar with reward, entropy and silenced share, not a dict per step
+    launch.train(trainer, run)
+    launch.publish(trainer, run, resolved.dataset_name)
+    summary = finish_demo(
+        trainer.model,
+        tokenizer,
+        eval_dataset,
+        info,
+        run.args.output_dir,
+        seed=run.args.seed,
+        extra={"rl_steps": trainer.state.global_step, "seconds": round(time.perf_counter() - started, 1)},
+    )
+    print(f"{format_demo_summary(summary)}. {summary['rl_steps']} STAPO steps, {summary['seconds']} s in all.")
+    return summary

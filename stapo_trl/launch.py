@@ -1,12 +1,23 @@
-"""The launcher behind `stapo-train` and `train.py`: parse a recipe and the command line, check everything, train.
+"""The launcher behind `stapo-train` and `train.py`, in the order it runs.
 
 `accelerate launch train.py --model Qwen/Qwen3-8B-Base` runs the paper's STAPO recipe on DAPO-Math-17k;
 `--method justrl|entropy20|grpo` runs a baseline from the same script, `--config recipes/....yaml` loads a recipe
 (command-line flags win over the recipe, which wins over the method preset), and `--config recipes/demo_cpu.yaml`
 runs the tiny CPU demo.
 
-`prepare` parses and runs every check (nothing is downloaded or written), `train` does the work; `stapo_trl.cli`
-turns a failed `prepare` into one line and exit code 2.
+The stages, each called once, in the order `stapo_trl.cli.main` runs them:
+
+    parse(argv) -> Run                   method preset < recipe (`read_recipe`, the one reader of --config) < flags
+    check(run) -> Run                    every check; nothing is downloaded or written (--dry-run stops after it)
+    run_training(run)                    the entry of a run (the demo's is `stapo_trl.demo.run_demo`):
+        announce(run)                    the resolved settings, W&B, secrets out of the recorded command line
+        resolve(run) -> Resolved         data (downloaded, then checked), tokenizer, reward, model
+        build_trainer(run, resolved)     `STAPOTrainer` and its callbacks
+        train(trainer, run)              `trainer.train`, resumed from the checked checkpoint
+        publish(trainer, run, dataset)   the final model and its card in output_dir, and on the Hub if asked
+        report(run, trainer, result)     what the run did, as a dict and one line
+
+`stapo_trl.cli` turns an exception of `parse` or `check` into one line and exit code 2.
 """
 
 import argparse
@@ -14,7 +25,6 @@ import importlib.util
 import json
 import os
 import sys
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +32,333 @@ from pathlib import Path
 import yaml
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from .arguments import METHOD_PRESETS, REWARDS, ScriptArguments
+from .arguments import METHOD_PRESETS, REWARDS, STAPOScriptArguments
 from .config import STAPOConfig, fall_back_to_offline_wandb
 from .data import resolve_training_spec
 
-__all__ = ["METHOD_PRESETS", "REWARDS", "ScriptArguments", "ModelArguments", "prepare", "train", "main"]
+__all__ = [
+    "METHOD_PRESETS", "REWARDS", "ModelArguments", "Run", "Resolved", "read_recipe", "parse", "check", "run_training",
+    "announce", "resolve", "build_trainer", "train", "publish", "report",
+]  # fmt: skip
 # Completions per optimizer update in the paper: 64 prompts x 8 rollouts.
 PAPER_COMPLETIONS_PER_UPDATE = 512
+
+
+# --------------------------------------------------------------------------------------------------------------
+# parse
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelArguments(ModelConfig):
+    """TRL's `ModelConfig`, with `--model` accepted for `--model_name_or_path`."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Model to train: a Hub id or a local path.", "aliases": ["--model"]},
+    )
+
+
+class UsageError(ValueError):
+    """A command-line error found by argparse itself (unknown choice, missing value, malformed number)."""
+
+
+def _raise_usage_error(message: str):
+    raise UsageError(message)
+
+
+def make_parser(prog: str = "stapo-train") -> TrlParser:
+    """TRL's parser over the script's, STAPO/TRL's and the model's arguments; its errors raise `UsageError` instead
+    of printing the whole usage (hundreds of options)."""
+    parser = TrlParser((STAPOScriptArguments, STAPOConfig, ModelArguments), prog=prog)
+    parser.error = _raise_usage_error
+    return parser
+
+
+@dataclass
+class Run:
+    """One run's settings as parsed: the script's, the trainer's and the model's arguments, and (after `check`) the
+    checkpoint to resume from (None for a fresh start)."""
+
+    script_args: STAPOScriptArguments
+    args: STAPOConfig
+    model_args: ModelArguments
+    checkpoint: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The model's short name in run names, output folders and W&B tags."""
+        return model_label(self.model_args.model_name_or_path, self.script_args.demo)
+
+    @property
+    def summary(self) -> str:
+        return resolved_summary(self.script_args, self.args, self.model_args)
+
+
+def read_recipe(config: str) -> dict:
+    """The settings of the recipe given with `--config`: the one place a recipe file is read."""
+    if not Path(config).is_file():
+        raise FileNotFoundError(f"--config: no such recipe file {config!r}.")
+    recipe = yaml.safe_load(Path(config).read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"--config: {config} must contain a YAML mapping of settings.")
+    return recipe
+
+
+def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The value of `--config` (or `--config=`) and the command line without it."""
+    rest, config, index = [], None, 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--config" and index + 1 < len(argv):
+            config, index = argv[index + 1], index + 2
+            continue
+        if arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        index += 1
+    return config, rest
+
+
+def _peek(argv: list[str], recipe: dict) -> tuple[str, bool, str | None]:
+    """Method, demo flag and model, from the command line or the recipe, before the full parse sets defaults."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--method")
+    peek.add_argument("--demo", nargs="?", const="true")
+    peek.add_argument("--model", "--model_name_or_path", "--model-name-or-path", dest="model")
+    known, _ = peek.parse_known_args(argv)
+    method = known.method or recipe.get("method", "stapo")
+    demo = str(known.demo if known.demo is not None else recipe.get("demo", False)).lower() in ("true", "1", "yes")
+    model = known.model or recipe.get("model_name_or_path")
+    return method, demo, model
+
+
+def parse(argv: list[str] | None = None) -> Run:
+    """Parse `stapo-train`'s arguments: method preset < recipe (`--config`) < command line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config, argv = _split_config_flag(argv)
+    recipe = read_recipe(config) if config else {}
+    method, demo, model = _peek(argv, recipe)
+    if method not in METHOD_PRESETS:
+        raise ValueError(f"method must be one of {', '.join(METHOD_PRESETS)}, got {method!r}.")
+    if not demo and not model:
+        raise ValueError(
+            "model_name_or_path (or --model) is required, e.g. --model Qwen/Qwen3-8B-Base; "
+            "on a machine without a GPU try the CPU demo: stapo-train --config recipes/demo_cpu.yaml."
+        )
+    label = model_label(model, demo)
+    if demo:
+        from .demo import demo_settings
+
+        defaults = demo_settings()
+    else:
+        defaults = paper_recipe(int(os.environ.get("WORLD_SIZE", "1")))
+        defaults["output_dir"] = os.path.join("outputs", label, method)
+    parser = make_parser()
+    parser.set_defaults(run_name=f"{method}-{label}", **{**defaults, **METHOD_PRESETS[method]})
+    for key, value in recipe.pop("env", {}).items():  # TRL's `env:` section of a config file
+        os.environ[key] = str(value)
+    unknown = parser.set_defaults_with_config(**recipe)
+    if unknown:
+        raise ValueError(f"Unknown arguments from config file: {unknown}.")
+    script_args, args, model_args = parser.parse_args_into_dataclasses(args=argv)
+    return Run(script_args, args, model_args)
+
+
+def model_label(model_name_or_path: str | None, demo: bool) -> str:
+    return "tiny-demo" if demo else str(model_name_or_path).rstrip("/").split("/")[-1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# check
+# --------------------------------------------------------------------------------------------------------------
+
+
+def check(run: Run) -> Run:
+    """Run every check of `run` before anything is downloaded or written; returns it with the checkpoint to resume."""
+    from accelerate import PartialState
+
+    script_args, args, model_args = run.script_args, run.args, run.model_args
+    state = PartialState()
+    if state.is_main_process:
+        check_output_dir(args.output_dir)
+    if not script_args.demo:  # an unknown name or a missing local path fails before any download
+        resolve_training_spec(
+            script_args.dataset_name,
+            path=script_args.dataset_path,
+            config=script_args.dataset_config,
+            split=script_args.dataset_split,
+        )
+    if args.push_to_hub and state.is_main_process:
+        hub_preflight(args.hub_model_id, args.hub_token)
+    run.checkpoint = resume_checkpoint(args)
+    check_vllm_installed(args)
+    check_accelerator(script_args, args, model_args)
+    return run
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the run: announce -> resolve -> build the trainer -> train -> publish -> report
+# --------------------------------------------------------------------------------------------------------------
+
+
+def run_training(run: Run) -> dict:
+    """Train a checked run on its model and dataset; returns `report`'s summary."""
+    announce(run)
+    resolved = resolve(run)
+    trainer = build_trainer(run, resolved)
+    result = train(trainer, run)
+    publish(trainer, run, resolved.dataset_name)
+    return report(run, trainer, result)
+
+
+def announce(run: Run) -> None:
+    """Print the resolved settings (main process), set up W&B, and keep secrets out of the recorded command line."""
+    from accelerate import PartialState
+
+    sys.argv[1:] = redact_secrets(sys.argv[1:])
+    if PartialState().is_main_process:
+        print(run.summary, flush=True)
+    configure_wandb(run.script_args, run.args, run.label)
+
+
+@dataclass
+class Resolved:
+    """What a trainer is built from: the model (Hub id, path or module), its tokenizer, the training prompts, the
+    reward functions, the trainer's extra callbacks and the dataset's name for the model card."""
+
+    model: object
+    tokenizer: object
+    train_dataset: object
+    reward_funcs: object
+    dataset_name: str | None
+    callbacks: list = field(default_factory=list)
+
+
+def resolve(run: Run) -> Resolved:
+    """The run's data, tokenizer, reward and model: the dataset is downloaded and checked before the tokenizer."""
+    from transformers import AutoTokenizer
+
+    from .data import load_training_dataset
+
+    script_args, args, model_args = run.script_args, run.args, run.model_args
+    dataset = load_training_dataset(
+        script_args.dataset_name,
+        path=script_args.dataset_path,
+        config=script_args.dataset_config,
+        split=script_args.dataset_split,
+        question_column=script_args.question_column,
+        answer_column=script_args.answer_column,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=args.trust_remote_code
+    )
+    model_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    # TRL adds `trust_remote_code` (off unless asked) from the training arguments
+    args.model_init_kwargs = {key: value for key, value in model_kwargs.items() if value is not None}
+    return Resolved(
+        model=model_args.model_name_or_path,
+        tokenizer=tokenizer,
+        train_dataset=fit_prompts(dataset, tokenizer, script_args),
+        reward_funcs=reward_function(script_args.reward),
+        dataset_name=script_args.dataset_name,
+    )
+
+
+def fit_prompts(dataset, tokenizer, script_args: STAPOScriptArguments):
+    """The first `max_train_samples` prompts, as plain text for a tokenizer without a chat template, without prompts
+    over `max_prompt_length` tokens."""
+    if script_args.max_train_samples is not None:
+        dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
+    if tokenizer.chat_template is None:  # a tokenizer without a chat template gets the plain user message
+        dataset = dataset.map(lambda row: {"prompt": row["prompt"][-1]["content"]})
+
+    def short_enough(row):
+        prompt = row["prompt"]
+        if isinstance(prompt, str):
+            length = len(tokenizer(prompt)["input_ids"])
+        else:
+            length = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))
+        return length <= script_args.max_prompt_length
+
+    kept = dataset.filter(short_enough)
+    if len(kept) < len(dataset):
+        print(f"Dropped {len(dataset) - len(kept)} prompts longer than {script_args.max_prompt_length} tokens.")
+    if len(kept) == 0:
+        raise ValueError(f"No training prompt fits in max_prompt_length={script_args.max_prompt_length} tokens.")
+    return kept
+
+
+def reward_function(name: str):
+    from .rewards import accuracy_reward, boxed_reward
+
+    return {"boxed": boxed_reward, "accuracy": accuracy_reward}[name]
+
+
+def build_trainer(run: Run, resolved: Resolved):
+    """`STAPOTrainer` over the resolved model and data, with the in-training benchmark evaluation when asked."""
+    from .trainer import STAPOTrainer
+
+    trainer = STAPOTrainer(
+        model=resolved.model,
+        reward_funcs=resolved.reward_funcs,
+        args=run.args,
+        train_dataset=resolved.train_dataset,
+        processing_class=resolved.tokenizer,
+        peft_config=get_peft_config(run.model_args),
+        callbacks=resolved.callbacks or None,
+    )
+    _add_benchmark_callback(trainer, run.script_args)
+    return trainer
+
+
+def _add_benchmark_callback(trainer, script_args) -> None:
+    if script_args.eval_steps_benchmarks <= 0:
+        return
+    from .eval_callback import BenchmarkEvalCallback
+
+    trainer.add_callback(
+        BenchmarkEvalCallback(
+            trainer,
+            benchmarks=script_args.eval_benchmarks,
+            eval_steps=script_args.eval_steps_benchmarks,
+            n=script_args.eval_samples,
+            max_new_tokens=script_args.eval_max_new_tokens,
+            max_problems=script_args.eval_max_problems,
+        )
+    )
+
+
+def train(trainer, run: Run):
+    """`trainer.train()`, resumed from the checkpoint `check` found (if any); returns its `TrainOutput`."""
+    return trainer.train(resume_from_checkpoint=run.checkpoint)
+
+
+def publish(trainer, run: Run, dataset_name: str | None) -> None:
+    """Save the final model and its card to output_dir and, with `push_to_hub`, push them to the Hub."""
+    trainer.save_model(run.args.output_dir)
+    trainer.create_model_card(dataset_name=dataset_name)
+    if run.args.push_to_hub:
+        trainer.push_to_hub(dataset_name=dataset_name)
+
+
+def report(run: Run, trainer, result) -> dict:
+    """What the run did: optimizer steps and mean training loss, also printed on one line by the main process."""
+    summary = {"global_step": result.global_step, "training_loss": result.training_loss}
+    if trainer.is_world_process_zero():
+        print(f"{result.global_step} optimizer steps, mean training loss {result.training_loss:.4g}; "
+              f"model saved in {run.args.output_dir}.")  # fmt: skip
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------------------
+# settings and checks used by the stages
+# --------------------------------------------------------------------------------------------------------------
 
 
 def paper_recipe(world_size: int) -> dict:
@@ -60,79 +390,6 @@ def paper_recipe(world_size: int) -> dict:
     }
 
 
-@dataclass
-class ModelArguments(ModelConfig):
-    """TRL's `ModelConfig`, with `--model` accepted for `--model_name_or_path`."""
-
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Model to train: a Hub id or a local path.", "aliases": ["--model"]},
-    )
-
-
-def _peek(argv: list[str]) -> tuple[str, bool, str | None]:
-    """Method, demo flag and model, from the command line or the recipe, before the full parse sets defaults."""
-    peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--config")
-    peek.add_argument("--method")
-    peek.add_argument("--demo", nargs="?", const="true")
-    peek.add_argument("--model", "--model_name_or_path", "--model-name-or-path", dest="model")
-    known, _ = peek.parse_known_args(argv)
-    recipe = {}
-    if known.config:
-        if not Path(known.config).is_file():
-            raise FileNotFoundError(f"--config: no such recipe file {known.config!r}.")
-        recipe = yaml.safe_load(Path(known.config).read_text()) or {}
-    method = known.method or recipe.get("method", "stapo")
-    demo = str(known.demo if known.demo is not None else recipe.get("demo", False)).lower() in ("true", "1", "yes")
-    model = known.model or recipe.get("model_name_or_path")
-    return method, demo, model
-
-
-def model_label(model_name_or_path: str | None, demo: bool) -> str:
-    return "tiny-demo" if demo else str(model_name_or_path).rstrip("/").split("/")[-1]
-
-
-class UsageError(ValueError):
-    """A command-line error found by argparse itself (unknown choice, missing value, malformed number)."""
-
-
-def _raise_usage_error(message: str):
-    raise UsageError(message)
-
-
-def make_parser(prog: str = "stapo-train") -> TrlParser:
-    """TRL's parser over the script's, STAPO/TRL's and the model's arguments; its errors raise `UsageError` instead
-    of printing the whole usage (hundreds of options)."""
-    parser = TrlParser((ScriptArguments, STAPOConfig, ModelArguments), prog=prog)
-    parser.error = _raise_usage_error
-    return parser
-
-
-def parse_args(argv: list[str] | None = None):
-    """Parse `train.py`'s arguments: method preset < recipe YAML < command line."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    method, demo, model = _peek(argv)
-    if method not in METHOD_PRESETS:
-        raise ValueError(f"method must be one of {', '.join(METHOD_PRESETS)}, got {method!r}.")
-    if not demo and not model:
-        raise ValueError(
-            "model_name_or_path (or --model) is required, e.g. --model Qwen/Qwen3-8B-Base; "
-            "on a machine without a GPU try the CPU demo: stapo-train --config recipes/demo_cpu.yaml."
-        )
-    label = model_label(model, demo)
-    parser = make_parser()
-    if demo:
-        from .demo import demo_settings
-
-        defaults = demo_settings()
-    else:
-        defaults = paper_recipe(int(os.environ.get("WORLD_SIZE", "1")))
-        defaults["output_dir"] = os.path.join("outputs", label, method)
-    parser.set_defaults(run_name=f"{method}-{label}", **{**defaults, **METHOD_PRESETS[method]})
-    return parser.parse_args_and_config(args=argv)
-
-
 def redact_secrets(argv: list[str]) -> list[str]:
     """`argv` with the values of `--*_token` flags replaced, so trackers that record the command line (W&B does)
     never see a secret."""
@@ -149,7 +406,7 @@ def redact_secrets(argv: list[str]) -> list[str]:
     return redacted
 
 
-def resolved_summary(script_args: ScriptArguments, args: STAPOConfig, model_args: ModelArguments) -> str:
+def resolved_summary(script_args: STAPOScriptArguments, args: STAPOConfig, model_args: ModelArguments) -> str:
     """The settings that decide a run, with the batch arithmetic spelled out."""
     world = args.world_size
     per_step = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
@@ -210,7 +467,7 @@ def check_vllm_installed(args: STAPOConfig) -> None:
         )
 
 
-def check_accelerator(script_args: ScriptArguments, args: STAPOConfig, model_args: ModelArguments) -> None:
+def check_accelerator(script_args: STAPOScriptArguments, args: STAPOConfig, model_args: ModelArguments) -> None:
     """A real model on a machine without a GPU would download gigabytes and then crawl: say so before that."""
     if script_args.demo or args.use_cpu or args.device.type != "cpu":
         return
@@ -242,7 +499,7 @@ def hub_preflight(hub_model_id: str | None, token: str | None = None) -> None:
         raise PermissionError("push_to_hub: the Hugging Face token is read-only; create one with write access.")
 
 
-def configure_wandb(script_args: ScriptArguments, args: STAPOConfig, model_label: str) -> None:
+def configure_wandb(script_args: STAPOScriptArguments, args: STAPOConfig, model_label: str) -> None:
     """W&B project, entity, group and tags; offline mode (with a note on syncing) when there is no API key, by the
     same function as the Python API (`STAPOConfig` calls it too)."""
     if "wandb" not in args.report_to:
@@ -322,185 +579,3 @@ def _safetensors_data_end(path: Path) -> int:
         header = json.loads(file.read(header_length))
     ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
     return 8 + header_length + max(ends, default=0)
-
-
-def load_training_prompts(script_args: ScriptArguments, tokenizer):
-    """The training set as TRL `prompt` + `answer` columns, without prompts over `max_prompt_length` tokens."""
-    from .data import load_training_dataset
-
-    overrides = {
-        "path": script_args.dataset_path,
-        "config": script_args.dataset_config,
-        "split": script_args.dataset_split,
-        "question_column": script_args.question_column,
-        "answer_column": script_args.answer_column,
-    }
-    dataset = load_training_dataset(script_args.dataset_name, **overrides)
-    if script_args.max_train_samples is not None:
-        dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
-    if tokenizer.chat_template is None:  # a tokenizer without a chat template gets the plain user message
-        dataset = dataset.map(lambda row: {"prompt": row["prompt"][-1]["content"]})
-
-    def short_enough(row):
-        prompt = row["prompt"]
-        if isinstance(prompt, str):
-            length = len(tokenizer(prompt)["input_ids"])
-        else:
-            length = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))
-        return length <= script_args.max_prompt_length
-
-    kept = dataset.filter(short_enough)
-    if len(kept) < len(dataset):
-        print(f"Dropped {len(dataset) - len(kept)} prompts longer than {script_args.max_prompt_length} tokens.")
-    if len(kept) == 0:
-        raise ValueError(f"No training prompt fits in max_prompt_length={script_args.max_prompt_length} tokens.")
-    return kept
-
-
-def reward_function(name: str):
-    from .rewards import accuracy_reward, boxed_reward
-
-    return {"boxed": boxed_reward, "accuracy": accuracy_reward}[name]
-
-
-@dataclass
-class Prepared:
-    """A checked run: the parsed arguments and the checkpoint to resume from (None for a fresh start)."""
-
-    script_args: ScriptArguments
-    args: STAPOConfig
-    model_args: ModelArguments
-    checkpoint: str | None
-
-    @property
-    def summary(self) -> str:
-        return resolved_summary(self.script_args, self.args, self.model_args)
-
-
-def prepare(argv: list[str] | None = None) -> Prepared:
-    """Parse the arguments and run every check, before anything is downloaded or written to disk."""
-    from accelerate import PartialState
-
-    script_args, args, model_args = parse_args(argv)
-    state = PartialState()
-    if state.is_main_process:
-        check_output_dir(args.output_dir)
-    if not script_args.demo:  # an unknown name or a missing local path fails before any download
-        resolve_training_spec(
-            script_args.dataset_name,
-            path=script_args.dataset_path,
-            config=script_args.dataset_config,
-            split=script_args.dataset_split,
-        )
-    if args.push_to_hub and state.is_main_process:
-        hub_preflight(args.hub_model_id, args.hub_token)
-    checkpoint = resume_checkpoint(args)
-    check_vllm_installed(args)
-    check_accelerator(script_args, args, model_args)
-    return Prepared(script_args, args, model_args, checkpoint)
-
-
-def train(prepared: Prepared) -> dict:
-    """Train a checked run; returns a summary (and, for the demo, the accuracy before and after)."""
-    from accelerate import PartialState
-
-    script_args, args, model_args = prepared.script_args, prepared.args, prepared.model_args
-    sys.argv[1:] = redact_secrets(sys.argv[1:])
-    if PartialState().is_main_process:
-        print(prepared.summary, flush=True)
-    configure_wandb(script_args, args, model_label(model_args.model_name_or_path, script_args.demo))
-    if script_args.demo:
-        return _run_demo(script_args, args, prepared.checkpoint)
-    return _run(script_args, args, model_args, prepared.checkpoint)
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """`train(prepare(argv))`: bad input raises its exception (`stapo_trl.cli.main` turns it into one line)."""
-    return train(prepare(argv))
-
-
-def _run(script_args, args, model_args, checkpoint) -> dict:
-    from transformers import AutoTokenizer
-
-    from .trainer import STAPOTrainer
-
-    model_kwargs = {
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-    }
-    # TRL adds `trust_remote_code` (off unless asked) from the training arguments
-    args.model_init_kwargs = {key: value for key, value in model_kwargs.items() if value is not None}
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        trust_remote_code=args.trust_remote_code,
-    )
-    train_dataset = load_training_prompts(script_args, tokenizer)
-    trainer = STAPOTrainer(
-        model=model_args.model_name_or_path,
-        reward_funcs=reward_function(script_args.reward),
-        args=args,
-        train_dataset=train_dataset,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-    )
-    _add_benchmark_callback(trainer, script_args)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(args.output_dir)
-    trainer.create_model_card(dataset_name=script_args.dataset_name)
-    if args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    return {"global_step": result.global_step, "training_loss": result.training_loss}
-
-
-def _add_benchmark_callback(trainer, script_args) -> None:
-    if script_args.eval_steps_benchmarks <= 0:
-        return
-    from .eval_callback import BenchmarkEvalCallback
-
-    trainer.add_callback(
-        BenchmarkEvalCallback(
-            trainer,
-            benchmarks=script_args.eval_benchmarks,
-            eval_steps=script_args.eval_steps_benchmarks,
-            n=script_args.eval_samples,
-            max_new_tokens=script_args.eval_max_new_tokens,
-            max_problems=script_args.eval_max_problems,
-        )
-    )
-
-
-def _run_demo(script_args, args, checkpoint) -> dict:
-    from . import demo
-    from .trainer import STAPOTrainer
-
-    started = time.perf_counter()
-    model, tokenizer, train_dataset, eval_dataset, info = demo.prepare_demo(
-        args.output_dir,
-        seed=args.seed,
-        target_accuracy=script_args.demo_target_accuracy,
-        warm_start_max_steps=script_args.demo_warm_start_steps,
-    )
-    trainer = STAPOTrainer(
-        model=model,
-        reward_funcs=reward_function(script_args.reward),
-        args=args,
-        train_dataset=train_dataset,
-        processing_class=tokenizer,
-        callbacks=[demo.DemoMetricsCallback()],
-    )
-    demo.use_demo_progress_bar(trainer)  # one bar with reward, entropy and silenced share, not a dict per step
-    trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(args.output_dir)
-    summary = demo.finish_demo(
-        trainer.model,
-        tokenizer,
-        eval_dataset,
-        info,
-        args.output_dir,
-        seed=args.seed,
-        extra={"rl_steps": trainer.state.global_step, "seconds": round(time.perf_counter() - started, 1)},
-    )
-    print(f"{demo.format_demo_summary(summary)}. {summary['rl_steps']} STAPO steps, {summary['seconds']} s in all.")
-    return summary

@@ -10,10 +10,15 @@ import pytest
 from conftest import tiny_model, tiny_tokenizer
 
 from stapo_trl import launch
-from stapo_trl.launch import configure_wandb, hub_preflight, main, parse_args
+from stapo_trl.launch import check, configure_wandb, hub_preflight, parse
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "datasets" / "dapo-math-17k.jsonl"
+
+
+def parse_args(argv):
+    run = parse(argv)
+    return run.script_args, run.args, run.model_args
 
 
 def test_model_alias_and_paper_defaults():
@@ -76,18 +81,18 @@ def test_bad_arguments_fail_with_the_field_name(argv, message):
 
 
 def test_unknown_dataset_fails_before_any_download(tmp_path, monkeypatch):
-    monkeypatch.setattr(launch, "_run", lambda *args: pytest.fail("the run must not start"))
+    monkeypatch.setattr(launch, "resolve", lambda *args: pytest.fail("the run must not start"))
     with pytest.raises(ValueError, match="dapo-math-18k"):
-        main(["--model", "m/x", "--dataset_name", "dapo-math-18k", "--output_dir", str(tmp_path), "--report_to", "none"])
+        check(parse(["--model", "m/x", "--dataset_name", "dapo-math-18k", "--output_dir", str(tmp_path), "--report_to", "none"]))
 
 
 def test_hub_preflight_fails_fast_offline(tmp_path, monkeypatch):
-    monkeypatch.setattr(launch, "_run", lambda *args: pytest.fail("the model must not be loaded"))
+    monkeypatch.setattr(launch, "resolve", lambda *args: pytest.fail("the model must not be loaded"))
     with pytest.raises(ConnectionError, match="HF_HUB_OFFLINE=1"):
-        main(
+        check(parse(
             ["--model", "m/x", "--output_dir", str(tmp_path), "--report_to", "none", "--push_to_hub",
              "--hub_model_id", "me/stapo-test"]
-        )  # fmt: skip
+        ))  # fmt: skip
     with pytest.raises(ValueError, match="hub_model_id"):
         hub_preflight(None)
 

@@ -2,15 +2,13 @@
 
 Nothing here needs a GPU or the network. The accelerate configs are loaded with accelerate's own loader and
 turned into the environment `accelerate launch` would give the training processes; the recipes are parsed the
-way train.py parses them (TrlParser over ScriptArguments, STAPOConfig and ModelConfig), and their batch
+way train.py parses them (TrlParser over STAPOScriptArguments, STAPOConfig and ModelConfig), and their batch
 arithmetic is checked for the 8 processes they are written for by running TRL's own GRPOConfig.__post_init__
 with a world size of 8.
 """
 
 import copy
 import dataclasses
-import importlib
-import importlib.util
 import re
 import shlex
 import shutil
@@ -24,6 +22,7 @@ from accelerate.commands.config.config_args import ClusterConfig, load_config_fr
 from accelerate.utils import DistributedType
 from trl import ModelConfig, TrlParser
 
+from stapo_trl.arguments import STAPOScriptArguments
 from stapo_trl.config import STAPOConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,8 +122,6 @@ METHOD_KEYS = {"method", "run_name", "output_dir", *METHOD_SETTINGS["stapo"]}
 # Keys allowed to differ between the models for one method (memory sizing and naming).
 MODEL_KEYS = {"model_name_or_path", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "run_name", "output_dir"}
 
-# Script arguments of train.py, as agreed for the launcher; used until a ScriptArguments class is importable.
-SCRIPT_ARGUMENT_NAMES = ("method", "dataset_name", "dataset_split", "max_train_samples")
 # Top-level keys TrlParser handles itself (environment variables to set before parsing).
 PARSER_KEYS = {"env"}
 
@@ -133,38 +130,7 @@ PARSER_KEYS = {"env"}
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------
 
-
-@dataclasses.dataclass
-class _FallbackScriptArguments:
-    """Stand-in for train.py's ScriptArguments with the agreed field names (used only if none is importable)."""
-
-    method: str = "stapo"
-    dataset_name: str = "dapo-math-17k"
-    dataset_split: str = "train"
-    max_train_samples: int | None = None
-
-
-def _find_script_arguments():
-    """The launcher's ScriptArguments dataclass, from the stapo_trl package or train.py; None if not there yet."""
-    candidates = [p for p in sorted((REPO / "stapo_trl").glob("*.py")) if "class ScriptArguments" in p.read_text()]
-    for path in candidates:
-        module = importlib.import_module(f"stapo_trl.{path.stem}")
-        if dataclasses.is_dataclass(getattr(module, "ScriptArguments", None)):
-            return module.ScriptArguments
-    train_py = REPO / "train.py"
-    if train_py.is_file() and "class ScriptArguments" in train_py.read_text():
-        spec = importlib.util.spec_from_file_location("_stapo_train_launcher", train_py)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)  # train.py runs its main only under `if __name__ == "__main__"`
-        if dataclasses.is_dataclass(getattr(module, "ScriptArguments", None)):
-            return module.ScriptArguments
-    return None
-
-
-REAL_SCRIPT_ARGUMENTS = _find_script_arguments()
-ScriptArguments = REAL_SCRIPT_ARGUMENTS or _FallbackScriptArguments
-
-SCRIPT_FIELDS = {f.name for f in dataclasses.fields(ScriptArguments)}
+SCRIPT_FIELDS = {f.name for f in dataclasses.fields(STAPOScriptArguments)}
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(STAPOConfig)}
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
@@ -182,10 +148,6 @@ def _recipe_path(model, method):
 
 def _all_recipe_files():
     return sorted(RECIPE_DIR.rglob("*.yaml"))
-
-
-def _is_model_recipe(path):
-    return path.parent.name in MODELS
 
 
 def _split_recipe(recipe):
@@ -348,8 +310,6 @@ def test_model_recipe_files_are_the_expected_ones():
 
 
 def test_script_argument_names_match_the_launcher():
-    if REAL_SCRIPT_ARGUMENTS is None:
-        pytest.skip("no ScriptArguments class yet (train.py / stapo_trl); recipes are checked against the agreed names")
     assert {"method", "dataset_name"} <= SCRIPT_FIELDS
     # The three dataclasses are parsed together: a shared field name would be ambiguous.
     assert not SCRIPT_FIELDS & CONFIG_FIELDS
@@ -357,20 +317,14 @@ def test_script_argument_names_match_the_launcher():
 
 
 def _recipe_params():
-    params = []
-    for path in _all_recipe_files():
-        marks = ()
-        if not _is_model_recipe(path) and REAL_SCRIPT_ARGUMENTS is None:
-            marks = pytest.mark.skip(reason="recipe may use launcher arguments not known until ScriptArguments exists")
-        params.append(pytest.param(path, id=str(path.relative_to(RECIPE_DIR)), marks=marks))
-    return params
+    return [pytest.param(path, id=str(path.relative_to(RECIPE_DIR))) for path in _all_recipe_files()]
 
 
 @pytest.mark.parametrize("path", _recipe_params())
 def test_recipe_keys_are_real_fields(path):
     recipe = _load_recipe(path)
     unknown = sorted(set(recipe) - SCRIPT_FIELDS - CONFIG_FIELDS - MODEL_FIELDS - PARSER_KEYS)
-    assert not unknown, f"{path.name}: not a field of ScriptArguments, STAPOConfig or ModelConfig: {unknown}"
+    assert not unknown, f"{path.name}: not a field of STAPOScriptArguments, STAPOConfig or ModelConfig: {unknown}"
 
 
 @pytest.mark.parametrize("path", _recipe_params())
@@ -378,7 +332,7 @@ def test_recipe_values_validate(path, tmp_path):
     """The values are accepted by the config classes (on one CPU process, without bf16 and vLLM)."""
     recipe = _load_recipe(path)
     script_kwargs, config_kwargs, model_kwargs = _split_recipe(recipe)
-    ScriptArguments(**script_kwargs)
+    STAPOScriptArguments(**script_kwargs)
     STAPOConfig(**{**config_kwargs, **CPU_OVERRIDES, "output_dir": str(tmp_path)})
     ModelConfig(**model_kwargs)
 
@@ -386,7 +340,7 @@ def test_recipe_values_validate(path, tmp_path):
 @pytest.mark.parametrize("path", _recipe_params())
 def test_recipe_parses_like_train_py(path, tmp_path):
     """train.py's parse: TrlParser with --config, every key consumed, CLI overrides applied on top."""
-    parser = TrlParser((ScriptArguments, STAPOConfig, ModelConfig))
+    parser = TrlParser((STAPOScriptArguments, STAPOConfig, ModelConfig))
     script_args, config, model_args = parser.parse_args_and_config(
         ["--config", str(path), "--output_dir", str(tmp_path), "--bf16", "false", "--use_vllm", "false"]
     )
@@ -607,7 +561,7 @@ def test_slurm_command_keeps_the_paper_batch_on_4_nodes(model, method, monkeypat
     assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "3"
 
     # train.py's parse on 32 processes: same generation and update batches as the recipe on 8.
-    parser = TrlParser((ScriptArguments, _config_class_with_world_size(32), ModelConfig))
+    parser = TrlParser((STAPOScriptArguments, _config_class_with_world_size(32), ModelConfig))
     _, config, _ = parser.parse_args_and_config(
         [*train_args, "--output_dir", str(tmp_path), "--bf16", "false", "--use_vllm", "false"]
     )

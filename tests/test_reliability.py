@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_model, tiny_tokenizer
 
 from stapo_trl import launch
-from stapo_trl.launch import CorruptCheckpointError, check_checkpoint, main
+from stapo_trl.launch import CorruptCheckpointError, check, check_checkpoint, parse
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -31,7 +31,12 @@ def no_loading(monkeypatch):
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
     monkeypatch.setattr(datasets, "load_dataset", refuse)
-    monkeypatch.setattr(launch, "_run", refuse)
+    monkeypatch.setattr(launch, "resolve", refuse)
+
+
+def main(argv):
+    """The stages of `stapo-train` before anything is loaded."""
+    return check(parse(argv))
 
 
 def _checkpoint(tmp_path, step):
@@ -160,10 +165,7 @@ def test_planted_secrets_never_reach_disk_or_logs(tmp_path):
 
 
 def test_remote_code_is_off_unless_asked():
-    from stapo_trl.launch import parse_args
-
-    _, args, _ = parse_args(["--model", "m/x"])
-    assert args.trust_remote_code is False
+    assert parse(["--model", "m/x"]).args.trust_remote_code is False
 
 
 def test_redact_secrets():
