@@ -125,8 +125,8 @@ class STAPOTrainer(GRPOTrainer):
     How it hooks into TRL 1.16 (the loss is otherwise TRL's own code): `_compute_loss` runs the policy's fused
     log-prob/entropy pass itself, takes the S2T decision for the micro-batch, removes the silenced tokens from the
     loss-only `tool_mask` (never from `completion_mask`, which is also the attention mask), sets `num_items_in_batch`
-    for the token-mean losses, and hands the same forward outputs back to `GRPOTrainer._compute_loss`; no `(B, T, V)`
-    tensor is added.
+    for the token-mean losses (a count below 1, which TRL would clamp, goes in as 1 and the loss is scaled back), and
+    hands the same forward outputs back to `GRPOTrainer._compute_loss`; no `(B, T, V)` tensor is added.
 
     Where the decision comes from (`spurious_stats_scope`):
     - `"step"` (the paper's rule): `get_batch_samples` hands over the raw batches of the coming optimizer step; at its
@@ -140,9 +140,11 @@ class STAPOTrainer(GRPOTrainer):
     Renormalisation by `loss_type` (silenced tokens leave numerator and denominator):
     - `dapo`, `cispo`, `vespo`: with `"step"`, the loss of an optimizer step is the sum of the kept tokens' losses over
       every micro-step and process divided by the number of kept tokens of the step on all processes, for any
-      gradient accumulation, `steps_per_generation` and number of processes. With `"micro_batch"`, TRL's normaliser
-      (the generation batch's token count spread over its micro-steps) is scaled by the current micro-batch's kept
-      share on all processes. Either way, when nothing is silenced TRL's own normaliser is left untouched.
+      gradient accumulation, `steps_per_generation` and number of processes. When nothing is silenced this is TRL's
+      normaliser only when gradient accumulation equals `steps_per_generation`; otherwise TRL divides every step by
+      the generation batch's average token count per step, and `"step"` by the step's own count. With
+      `"micro_batch"`, TRL's normaliser (the generation batch's token count spread over its micro-steps) is scaled by
+      the current micro-batch's kept share on all processes, and left untouched when nothing is silenced.
     - `grpo`, `sapo`: per-sequence mean over the kept tokens. `bnpo`: mean over the local kept tokens.
     - `dr_grpo` (a constant denominator) and `luspo` (a per-sequence sum): silenced tokens drop out; there is no
       count to renormalise.
@@ -169,7 +171,7 @@ class STAPOTrainer(GRPOTrainer):
             }"""),
     }
 
-    def __init__(self, model, reward_funcs, args: STAPOConfig | None = None, *positional, **kwargs):
+    def __init__(self, model, reward_funcs=None, args: STAPOConfig | None = None, *positional, **kwargs):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = STAPOConfig(f"{name.split('/')[-1]}-STAPO")
@@ -185,9 +187,9 @@ class STAPOTrainer(GRPOTrainer):
         # spurious_stats_scope="step": the raw batches of the coming optimizer step, then the step's decisions.
         self._pending_step_batches = None
         self._step_plan = None
-        # Set while TRL's generation-time log-prob pass runs, so that it also returns the entropies S2T needs.
-        self._capture_sampler_entropies = False
-        self._sampler_entropies = None
+        # While TRL generates a training batch (step scope): the log-probs and entropies of every pass it makes over the
+        # policy, among which its old-log-prob pass, whose entropies S2T reuses.
+        self._generation_policy_passes = None
         self._s2t_windows = {"train": S2TWindow(), "eval": S2TWindow()}
         # Silenced tokens of the current recording step, as plain Python values, until the next log.
         self._spurious_token_records = []
@@ -271,13 +273,17 @@ class STAPOTrainer(GRPOTrainer):
         return logps, entropies
 
     def _generate_and_score_completions(self, inputs):
-        self._capture_sampler_entropies = self.model.training and self._scores_whole_steps
+        capture = self.model.training and self._scores_whole_steps
+        self._generation_policy_passes = [] if capture else None
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
-            self._capture_sampler_entropies = False
-            entropies, self._sampler_entropies = self._sampler_entropies, None
-        if entropies is not None and output.get("old_per_token_logps") is not None:
+            passes, self._generation_policy_passes = self._generation_policy_passes, None
+        # TRL's generation-time pass is the policy pass whose log-probs TRL kept as `old_per_token_logps`; it may make
+        # others over the same model (the reference's through a disabled PEFT adapter) before or after it.
+        old_logps = output.get("old_per_token_logps")
+        entropies = next((entropies for logps, entropies in passes or () if logps is old_logps), None)
+        if entropies is not None:
             output[_SAMPLER_ENTROPIES] = entropies
             output[_SCORED_AT_STEP] = torch.full(
                 (entropies.size(0),), self.state.global_step, dtype=torch.long, device=entropies.device
@@ -382,8 +388,15 @@ class STAPOTrainer(GRPOTrainer):
         masks_loss = bool(statistics[_STAT["kept_tokens"]] < statistics[_STAT["loss_tokens"]])  # global: same everywhere
         if masks_loss:
             loss_inputs["tool_mask"] = keep.to(completion_mask.dtype)
+        loss_scale = 1.0
         if self.loss_type in _GLOBAL_TOKEN_MEAN_LOSSES and float(num_items) != float(inputs["num_items_in_batch"]):
-            loss_inputs["num_items_in_batch"] = torch.as_tensor(float(num_items), device=per_token_logps.device)
+            # TRL 1.16 clamps the count it divides by to >= 1, and an almost empty step under gradient accumulation
+            # asks for less (few kept tokens * steps_per_generation / accumulation): such a count goes in as 1 and the
+            # loss is scaled back to it. TRL's terms beside the policy loss (entropy bonus, router loss) scale along.
+            handed = max(float(num_items), 1.0)
+            loss_inputs["num_items_in_batch"] = torch.as_tensor(handed, device=per_token_logps.device)
+            if float(num_items) > 0.0:
+                loss_scale = handed / float(num_items)
         if nonfinite.any():
             per_token_logps, entropies = per_token_logps.nan_to_num(0.0, 0.0, 0.0), entropies.nan_to_num(0.0, 0.0, 0.0)
             loss_inputs["advantages"] = advantages.nan_to_num(0.0, 0.0, 0.0)
@@ -397,7 +410,7 @@ class STAPOTrainer(GRPOTrainer):
         self._loss_forward = (per_token_logps, entropies, aux_loss)
         self._loss_entropy_mask = decision.entropy_mask
         try:
-            loss = super()._compute_loss(model, loss_inputs)
+            loss = super()._compute_loss(model, loss_inputs) * loss_scale
         finally:
             self._loss_forward = None
             self._loss_entropy_mask = None
@@ -584,19 +597,19 @@ class STAPOTrainer(GRPOTrainer):
         with open(path, "w", encoding="utf-8") as file:
             file.write(card + "\n" + "\n".join(sections) + "\n")
 
-    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
         if self._loss_forward is not None:
             forward, self._loss_forward = self._loss_forward, None
             return forward
-        if self._capture_sampler_entropies:
-            # TRL 1.16's first call in `_generate_and_score_completions` is its old-log-prob pass over the policy; the
-            # fused kernel gives the entropies with the log-probs, for the step-wide S2T decision to reuse.
-            self._capture_sampler_entropies = False
-            logps, self._sampler_entropies, aux_loss = super()._get_per_token_logps_and_entropies(
-                *args, **{**kwargs, "compute_entropy": True}
+        if self._generation_policy_passes is not None and model is self.model:
+            # The policy's fused head gives the entropies with the log-probs at no extra cost (a reference model's
+            # head may give none): keep them, `_generate_and_score_completions` picks the old-log-prob pass's.
+            logps, entropies, aux_loss = super()._get_per_token_logps_and_entropies(
+                model, *args, **{**kwargs, "compute_entropy": True}
             )
-            return logps, None, aux_loss
-        return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+            self._generation_policy_passes.append((logps, entropies))
+            return logps, entropies if kwargs.get("compute_entropy") else None, aux_loss
+        return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
 
     def get_high_entropy_mask(self, entropies, mask, threshold):
         if self._loss_entropy_mask is not None:

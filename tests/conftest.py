@@ -44,10 +44,11 @@ def build_trainer(
     model=None,
     reward_funcs=contains_answer_reward,
     train_dataset=None,
+    trainer_kwargs=None,
     **config_kwargs,
 ):
     """A trainer on the tiny model (and 16 addition prompts unless `train_dataset` is given) with CPU-friendly
-    settings; `config_kwargs` override them."""
+    settings; `config_kwargs` override them, `trainer_kwargs` go to the trainer (`peft_config`, `eval_dataset`, ...)."""
     tokenizer = tiny_tokenizer()
     settings = dict(
         output_dir=str(output_dir),
@@ -68,6 +69,7 @@ def build_trainer(
         args=config_class(**settings),
         train_dataset=train_dataset if train_dataset is not None else addition_dataset(),
         processing_class=tokenizer,
+        **(trainer_kwargs or {}),
     )
 
 

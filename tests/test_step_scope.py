@@ -149,3 +149,108 @@ def test_logged_metrics_are_window_sums(tmp_path):
         exact = torch.quantile(torch.cat(scored_entropies), torch.tensor([0.1, 0.5, 0.9])).tolist()
         for name, value in zip(("stapo/entropy_p10", "stapo/entropy_p50", "stapo/entropy_p90"), exact, strict=True):
             assert entry[name] == pytest.approx(value, rel=0.02), name  # fixed bins are 1.6% wide
+
+
+@pytest.mark.parametrize("entropy_quantile", [0.0, 0.75], ids=["nothing-silenced", "silencing"])
+def test_almost_empty_step_equals_whole_step_reference(tmp_path, entropy_quantile):
+    """GA 4, steps_per_generation 1 and truncated completions masked: each step keeps 1-2 tokens, so the count TRL
+    divides by (kept * steps_per_generation / GA) is below 1, where TRL clamps it to 1. The step must still be the
+    paper's objective, whether or not anything is silenced."""
+    trainer = recording_trainer(
+        tmp_path,
+        gradient_accumulation_steps=4,
+        steps_per_generation=1,
+        seed=3,
+        max_completion_length=2,
+        mask_truncated_completions=True,
+        spurious_entropy_quantile=entropy_quantile,
+    )
+    trainer.train()
+    moved = False
+    for step in trainer.steps:
+        tokens = sum(int(inputs["completion_mask"].sum()) for inputs in step["inputs"])
+        assert 0 < tokens < 4, "each step must keep fewer tokens than GA / steps_per_generation"
+        reference = reference_of(trainer, step)
+        assert_step_matches(step, reference, step["loss"])
+        moved |= any(bool(grad.abs().sum() > 0) for grad in reference["grads"].values())
+    assert moved, "some step must have a gradient"
+
+
+class ExtraPolicyPass(RecordingSTAPOTrainer):
+    """Makes one more gradient-free pass over the policy, on the batch's rows in reverse order, before or after each
+    of TRL's: another pass over the same model, as TRL makes for the reference through a disabled PEFT adapter."""
+
+    extra_pass = "before"
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, *args, **kwargs):
+        extra = not torch.is_grad_enabled() and model is self.model
+        if extra and self.extra_pass == "before":
+            super()._get_per_token_logps_and_entropies(model, input_ids.flip(0), attention_mask.flip(0), *args, **kwargs)
+        result = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, *args, **kwargs)
+        if extra and self.extra_pass == "after":
+            super()._get_per_token_logps_and_entropies(model, input_ids.flip(0), attention_mask.flip(0), *args, **kwargs)
+        return result
+
+
+class ExtraPolicyPassAfter(ExtraPolicyPass):
+    extra_pass = "after"
+
+
+@pytest.mark.parametrize(
+    "variant", ["reference-model", "peft-reference", "extra-pass-before", "extra-pass-after"]
+)
+def test_generation_time_entropies_are_the_policys_own(tmp_path, variant):
+    """With steps_per_generation > GA, the first step reuses the entropies of TRL's old-log-prob pass; whatever other
+    passes TRL makes around it (the reference model's, the reference through a disabled LoRA adapter, another pass
+    over the policy), they must be the policy's entropies on the step's own batch."""
+    from peft import LoraConfig
+    from test_trainer import saved_tiny_model
+
+    trainer_class = {"extra-pass-before": ExtraPolicyPass, "extra-pass-after": ExtraPolicyPassAfter}.get(
+        variant, RecordingSTAPOTrainer
+    )
+    extra = {}
+    if variant == "reference-model":
+        extra = dict(beta=0.04, model=saved_tiny_model(tmp_path))
+    elif variant == "peft-reference":  # a LoRA adapter that changes the outputs from the start
+        lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        extra = dict(beta=0.04, trainer_kwargs={"peft_config": lora})
+    trainer = build_trainer(
+        trainer_class,
+        STAPOConfig,
+        tmp_path / "out",
+        reward_funcs=digit_count_reward,
+        train_dataset=addition_dataset(64),
+        steps_per_generation=2,
+        max_steps=1,
+        **STEP_CASE_SETTINGS,
+        **extra,
+    )
+    trainer.train()
+    (step,) = trainer.steps
+    (inputs,) = step["inputs"]
+    (reused_logps, reused_entropies) = step["scores"][0]
+    assert torch.equal(reused_logps, inputs["old_per_token_logps"]), "the step must reuse TRL's generation-time pass"
+    trainer.model.load_state_dict(step["weights"])
+    trainer.model.eval()
+    mask = inputs["completion_mask"].bool()
+    torch.testing.assert_close(reused_entropies[mask], policy_entropies(trainer, inputs)[mask])
+    if variant == "peft-reference":  # the reference pass through the disabled adapter gives other entropies
+        with trainer.model.disable_adapter():
+            assert not torch.allclose(reused_entropies[mask], policy_entropies(trainer, inputs)[mask], atol=1e-4)
+
+
+def policy_entropies(trainer, inputs):
+    """``(B, T)`` entropies of the trainer's model on a micro-batch, through TRL's own fused pass."""
+    from trl import GRPOTrainer
+
+    with torch.no_grad():
+        _, entropies, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+            trainer,
+            trainer.model,
+            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
+            inputs["completion_ids"].size(1),
+            compute_entropy=True,
+        )
+    return entropies

@@ -399,3 +399,15 @@ def test_model_card_identity():
 def test_rejects_plain_grpo_config(tmp_path):
     with pytest.raises(TypeError, match="STAPOConfig"):
         build_trainer(STAPOTrainer, GRPOConfig, tmp_path)
+
+
+def test_reward_funcs_are_optional_as_in_grpo_trainer(tmp_path):
+    """TRL 1.16 lets an `environment_factory` own the reward, so `reward_funcs` may be left out: without any reward
+    source both trainers stop at TRL's own check, not at a missing argument."""
+    messages = []
+    for trainer_class, config_class in ((GRPOTrainer, GRPOConfig), (STAPOTrainer, STAPOConfig)):
+        args = config_class(output_dir=str(tmp_path / trainer_class.__name__), bf16=False, use_cpu=True, report_to=[])
+        with pytest.raises(ValueError, match="No reward source provided") as raised:
+            trainer_class(tiny_model(tiny_tokenizer()), args=args, processing_class=tiny_tokenizer())
+        messages.append(str(raised.value))
+    assert messages[0] == messages[1]
