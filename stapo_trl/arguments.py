@@ -155,6 +155,14 @@ class STAPOArguments:
         default=64,
         metadata={"help": "Maximum number of silenced tokens recorded per logging step."},
     )
+    hub_include_run_files: bool = field(
+        default=False,
+        metadata={
+            "help": "With push_to_hub, also upload the run's own records: W&B's run folder, spurious_tokens.jsonl and "
+            "evaluation generations (eval_samples.jsonl). Off: only the model, tokenizer, configs, card and "
+            "training_config.yaml (and checkpoints, per hub_strategy)."
+        },
+    )
 
     # Paper defaults (STAPO = JustRL recipe + S2T): DAPO token-mean loss, clip-higher, no KL term.
     loss_type: str = field(

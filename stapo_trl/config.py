@@ -94,6 +94,15 @@ class STAPOConfig(STAPOArguments, GRPOConfig):
             `0` disables the record.
         spurious_token_log_max (`int`, *optional*, defaults to `64`):
             Maximum number of silenced tokens recorded per logging step.
+
+        > Parameters that control what `push_to_hub` uploads
+
+        hub_include_run_files (`bool`, *optional*, defaults to `False`):
+            Whether `push_to_hub` (at the end and, per `hub_strategy`, at every save) also uploads the run's own
+            records: W&B's run folder (`<output_dir>/wandb`, with the host, user and command line), the silenced-token
+            log `spurious_tokens.jsonl` (prompt and completion text) and evaluation generations (`eval_samples.jsonl`).
+            By default only the model, its tokenizer and configs, the model card and `training_config.yaml` go up
+            (and the checkpoints that `hub_strategy` asks for); transformers' pickled `training_args.bin` never does.
     """
 
     def __post_init__(self):

@@ -689,7 +689,7 @@ def run_demo(run) -> dict[str, Any]:
     trainer = launch.build_trainer(run, resolved)
     use_demo_progress_bar(trainer)  # one bar with reward, entropy and silenced share, not a dict per step
     launch.train(trainer, run)
-    launch.publish(trainer, run, resolved.dataset_name)
+    launch.publish(trainer, run)
     summary = finish_demo(
         trainer.model,
         tokenizer,

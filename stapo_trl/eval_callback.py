@@ -11,6 +11,8 @@ through `transformers.Trainer.log`, so the values land in `trainer.state.log_his
 shows them as `train/eval/<benchmark>/avg@<n>`, as it prefixes keys that do not start with `eval_`).
 `transformers.Trainer.log` is called rather than the trainer's own `log` so that `GRPOTrainer`'s averaged training
 metrics are neither flushed early nor mixed in.
+The last results are also kept as a results document in `<output_dir>/eval/during-training/eval_results.json`,
+from which the model card takes them (`stapo_trl.hub`: its Evaluation section and `model-index` metadata).
 
 Several processes: each rank generates for its own shard of the problems (problem i goes to rank i % world size),
 then one `accelerator.reduce` (sum) of (sum of per-problem accuracies, problems, tokens, samples) per benchmark
@@ -25,20 +27,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
 from .evaluation import (
+    EVAL_SUBDIR,
     BenchmarkTask,
     Generator,
     SamplingParams,
     TransformersGenerator,
+    build_results,
     default_pass_k,
     run_evaluation,
+    write_results,
 )
 
 logger = logging.getLogger(__name__)
+# Where the last in-training results are kept (and read by the model card, like `stapo-eval`'s runs in `eval/*/`).
+LAST_RESULTS_DIR = f"{EVAL_SUBDIR}/during-training"
 
 
 class BenchmarkEvalCallback(TrainerCallback):
@@ -111,7 +119,7 @@ class BenchmarkEvalCallback(TrainerCallback):
         self._last_step = None
 
     def _load_tasks(self, benchmarks, dataset_overrides) -> list[BenchmarkTask]:
-        from .data import BENCHMARKS, load_benchmark
+        from .data import BENCHMARKS, load_benchmark, resolve_benchmark_spec
 
         unknown = [b for b in benchmarks if b not in BENCHMARKS]
         if unknown:
@@ -119,11 +127,19 @@ class BenchmarkEvalCallback(TrainerCallback):
         tasks = []
         with self.trainer.accelerator.main_process_first():
             for name in benchmarks:
-                dataset = load_benchmark(name, **dict(dataset_overrides.get(name, {})))
+                overrides = dict(dataset_overrides.get(name, {}))
+                spec = resolve_benchmark_spec(name, **overrides)
+                dataset = load_benchmark(name, **overrides)
                 if self.max_problems is not None and self.max_problems < len(dataset):
                     dataset = dataset.select(range(self.max_problems))
                 tasks.append(
-                    BenchmarkTask(name, list(dataset["prompt"]), [str(a) for a in dataset["answer"]], n=self.n)
+                    BenchmarkTask(
+                        name,
+                        list(dataset["prompt"]),
+                        [str(a) for a in dataset["answer"]],
+                        n=self.n,
+                        metadata={"dataset": {"path": spec.path, "config": spec.config, "split": spec.split}},
+                    )
                 )
         return tasks
 
@@ -143,6 +159,34 @@ class BenchmarkEvalCallback(TrainerCallback):
         self._last_step = step
         # The base class's `log`: it appends to `state.log_history` and calls every reporter's `on_log`.
         Trainer.log(self.trainer, dict(metrics))
+        if self.trainer.is_world_process_zero():
+            write_results(self.results_document(metrics, step), Path(self.trainer.args.output_dir) / LAST_RESULTS_DIR)
+
+    def results_document(self, metrics: dict[str, float], step: int) -> dict[str, Any]:
+        """The metrics of `evaluate` as a `stapo-eval` results document, for the model card (`stapo_trl.hub`)."""
+        benchmarks = {}
+        for task in self.tasks:
+            accuracy = metrics[f"eval/{task.name}/avg@{task.n}"]
+            benchmarks[task.name] = {
+                "n": task.n,
+                "accuracy": accuracy,
+                f"avg@{task.n}": accuracy,
+                "num_problems": len(task.prompts),
+                "mean_num_tokens": metrics[f"eval/{task.name}/mean_num_tokens"],
+                **task.metadata,
+            }
+        settings = {
+            "decoding": f"in-training, temperature {self.temperature}, top-p {self.top_p}",
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+        }
+        metadata = {
+            "run_name": f"in-training evaluation at step {step}",
+            "model": self.trainer.args.output_dir,
+            "evaluated_at_step": step,
+        }
+        return build_results(benchmarks, settings=settings, metadata=metadata)
 
     # -- the evaluation ------------------------------------------------------------------------------------------
 

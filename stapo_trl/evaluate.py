@@ -4,6 +4,7 @@
     stapo-eval --model outputs/stapo-1.7b --decoding justrl --benchmarks aime24 math500
     stapo-eval --model outputs/stapo-1.7b --n 4 --max_new_tokens 4096 --max_problems 50   # a quick look
     stapo-eval --compare runs/grpo/eval_results.json runs/stapo/eval_results.json
+    stapo-eval --model outputs/stapo-1.7b --hub_model_id me/stapo-1.7b    # results into the Hub repo's card too
 
 Also `python -m stapo_trl.evaluate`. See `stapo_trl.evaluation` for the files written and the resume rules.
 """
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import evaluation as ev
+from . import hub
 
 _OVERRIDE_FLAGS = {
     "benchmark_path": "path",
@@ -45,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
         "<model>/eval/<decoding> for a local model, eval_runs/<org--name>/<decoding> for a Hub model.",
     )
     run.add_argument("--run_name", help="Label of this run in tables (default: model name and decoding).")
+    run.add_argument(
+        "--push_to_hub",
+        action="store_true",
+        help="Add the results to the model card of the Hub repository (--hub_model_id, or --model when it is a Hub "
+        "id) and push that README.md alone; the weights are not touched. A local --model's card (README.md) is "
+        "always updated.",
+    )
+    run.add_argument("--hub_model_id", help="The Hub repository whose card gets the results (implies --push_to_hub).")
+    run.add_argument("--hub_revision", help="The branch of --hub_model_id to commit the card to (default: main).")
 
     bench = parser.add_argument_group("benchmarks")
     bench.add_argument(
@@ -196,9 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         config = config_from_args(args)
+        card_repo = hub_card_repo(args)
         # Everything that can be checked without the model weights is checked here: flags, backend, revision,
-        # the output directory's settings, the benchmark data, the tokenizer and the stored prompts.
+        # the output directory's settings, the benchmark data, the tokenizer and the stored prompts, and the Hub
+        # repository whose card gets the results.
         prepared = ev.prepare_evaluation(config)
+        if card_repo is not None:
+            hub.check_card_repo(card_repo, revision=args.hub_revision)
     except (ValueError, OSError) as error:
         parser.error(str(error))
     except ev.ResumeError as error:
@@ -206,7 +221,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = ev.evaluate_model(prepared)
     print(ev.format_results_markdown(results), end="")
     print(f"\nWrote {Path(config.resolved_output_dir()) / ev.EVAL_RESULTS_FILE}", file=sys.stderr)
+    publish_results(results, config.model, card_repo, args.hub_revision)
     return 0
+
+
+def hub_card_repo(args: argparse.Namespace) -> str | None:
+    """The Hub repository whose card gets the results: `--hub_model_id`, or with `--push_to_hub` a Hub `--model`."""
+    if args.hub_model_id:
+        return args.hub_model_id
+    if not args.push_to_hub:
+        return None
+    if args.model is not None and Path(args.model).is_dir():
+        raise ValueError(
+            "--push_to_hub: --model is a local folder; name the Hub repository whose card gets the results with "
+            "--hub_model_id <owner>/<name>."
+        )
+    return args.model
+
+
+def publish_results(results: dict, model: str, card_repo: str | None, revision: str | None) -> None:
+    """Add the results to the model card: the local model's README.md, and the Hub repository's (README.md alone)."""
+    from huggingface_hub import ModelCard
+
+    local_card = Path(model) / "README.md"
+    if local_card.is_file():
+        card = hub.add_eval_results(ModelCard.load(local_card), [results], model_name=Path(model).resolve().name)
+        card.save(local_card)
+        print(f"Added the results to the model card {local_card}", file=sys.stderr)
+    if card_repo is not None:
+        card = hub.add_eval_results(
+            hub.load_card(card_repo, revision=revision), [results], model_name=card_repo.split("/")[-1]
+        )
+        commit = hub.push_card(card, card_repo, revision=revision, message=f"stapo-eval: {results['run_name']}")
+        print(f"Added the results to the model card of {card_repo} (README.md only): {commit}", file=sys.stderr)
 
 
 if __name__ == "__main__":

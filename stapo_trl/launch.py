@@ -10,11 +10,12 @@ The stages, each called once, in the order `stapo_trl.cli.main` runs them:
     parse(argv) -> Run                   method preset < recipe (`read_recipe`, the one reader of --config) < flags
     check(run) -> Run                    every check; nothing is downloaded or written (--dry-run stops after it)
     run_training(run)                    the entry of a run (the demo's is `stapo_trl.demo.run_demo`):
-        announce(run)                    the resolved settings, W&B, secrets out of the recorded command line
+        announce(run)                    the resolved settings (printed, and in training_config.yaml), W&B, secrets out
+                                         of the recorded command line
         resolve(run) -> Resolved         data (downloaded, then checked), tokenizer, reward, model
         build_trainer(run, resolved)     `STAPOTrainer` and its callbacks
-        train(trainer, run)              `trainer.train`, resumed from the checked checkpoint
-        publish(trainer, run, dataset)   the final model and its card in output_dir, and on the Hub if asked
+        train(trainer, run)              `trainer.train`, resumed from the checked checkpoint (downloaded if on the Hub)
+        publish(trainer, run)            the final model and its card in output_dir, and on the Hub if asked
         report(run, trainer, result)     what the run did, as a dict and one line
 
 `stapo_trl.cli` turns an exception of `parse` or `check` into one line and exit code 2.
@@ -32,9 +33,11 @@ from pathlib import Path
 import yaml
 from trl import ModelConfig, TrlParser, get_peft_config
 
+from . import hub
 from .arguments import METHOD_PRESETS, REWARDS, STAPOScriptArguments
 from .config import STAPOConfig, fall_back_to_offline_wandb
 from .data import resolve_training_spec
+from .hub import hub_preflight
 
 __all__ = [
     "METHOD_PRESETS", "REWARDS", "ModelArguments", "Run", "Resolved", "read_recipe", "parse", "check", "run_training",
@@ -83,7 +86,7 @@ class Run:
     script_args: STAPOScriptArguments
     args: STAPOConfig
     model_args: ModelArguments
-    checkpoint: str | None = None
+    checkpoint: str | hub.HubCheckpoint | None = None
 
     @property
     def label(self) -> str:
@@ -209,24 +212,31 @@ def run_training(run: Run) -> dict:
     resolved = resolve(run)
     trainer = build_trainer(run, resolved)
     result = train(trainer, run)
-    publish(trainer, run, resolved.dataset_name)
+    publish(trainer, run)
     return report(run, trainer, result)
 
 
 def announce(run: Run) -> None:
-    """Print the resolved settings (main process), set up W&B, and keep secrets out of the recorded command line."""
+    """Print the resolved settings and write them to `<output_dir>/training_config.yaml` (main process), set up W&B,
+    and keep secrets out of the recorded command line."""
     from accelerate import PartialState
 
     sys.argv[1:] = redact_secrets(sys.argv[1:])
     if PartialState().is_main_process:
         print(run.summary, flush=True)
+        os.makedirs(run.args.output_dir, exist_ok=True)
+        hub.write_training_config(
+            os.path.join(run.args.output_dir, hub.TRAINING_CONFIG_FILE),
+            hub.training_config(run.script_args, run.args, run.model_args),
+        )
     configure_wandb(run.script_args, run.args, run.label)
 
 
 @dataclass
 class Resolved:
     """What a trainer is built from: the model (Hub id, path or module), its tokenizer, the training prompts, the
-    reward functions, the trainer's extra callbacks and the dataset's name for the model card."""
+    reward functions, the trainer's extra callbacks and the training set's Hub id for the model card (None: local
+    data)."""
 
     model: object
     tokenizer: object
@@ -266,7 +276,7 @@ def resolve(run: Run) -> Resolved:
         tokenizer=tokenizer,
         train_dataset=fit_prompts(dataset, tokenizer, script_args),
         reward_funcs=reward_function(script_args.reward),
-        dataset_name=script_args.dataset_name,
+        dataset_name=hub.hub_dataset_id(script_args.dataset_name, script_args.dataset_path),
     )
 
 
@@ -313,6 +323,8 @@ def build_trainer(run: Run, resolved: Resolved):
         peft_config=get_peft_config(run.model_args),
         callbacks=resolved.callbacks or None,
     )
+    trainer.method = run.script_args.method  # what the model card names
+    trainer.dataset_name = resolved.dataset_name
     _add_benchmark_callback(trainer, run.script_args)
     return trainer
 
@@ -335,16 +347,23 @@ def _add_benchmark_callback(trainer, script_args) -> None:
 
 
 def train(trainer, run: Run):
-    """`trainer.train()`, resumed from the checkpoint `check` found (if any); returns its `TrainOutput`."""
-    return trainer.train(resume_from_checkpoint=run.checkpoint)
+    """`trainer.train()`, resumed from the checkpoint `check` found (if any; a Hub checkpoint is downloaded and its
+    files checked first); returns its `TrainOutput`."""
+    checkpoint = run.checkpoint
+    if isinstance(checkpoint, hub.HubCheckpoint):
+        checkpoint = hub.download_checkpoint(checkpoint, run.args.hub_token)
+        check_checkpoint(checkpoint)
+    return trainer.train(resume_from_checkpoint=checkpoint)
 
 
-def publish(trainer, run: Run, dataset_name: str | None) -> None:
-    """Save the final model and its card to output_dir and, with `push_to_hub`, push them to the Hub."""
-    trainer.save_model(run.args.output_dir)
-    trainer.create_model_card(dataset_name=dataset_name)
+def publish(trainer, run: Run) -> None:
+    """Save the final model and its card to output_dir once and, with `push_to_hub`, upload them once
+    (`STAPOTrainer.push_to_hub` saves, writes the card and leaves the run's own records out of the upload)."""
     if run.args.push_to_hub:
-        trainer.push_to_hub(dataset_name=dataset_name)
+        trainer.push_to_hub()
+    else:
+        trainer.save_model(run.args.output_dir)
+        trainer.create_model_card()
 
 
 def report(run: Run, trainer, result) -> dict:
@@ -478,27 +497,6 @@ def check_accelerator(script_args: STAPOScriptArguments, args: STAPOConfig, mode
     )
 
 
-def hub_preflight(hub_model_id: str | None, token: str | None = None) -> None:
-    """Before any download: a token with write access is available and the Hub answers."""
-    from huggingface_hub import HfApi, get_token
-    from huggingface_hub.constants import HF_HUB_OFFLINE
-
-    if not hub_model_id:
-        raise ValueError("push_to_hub is set but hub_model_id is not: pass --hub_model_id <user-or-org>/<name>.")
-    if HF_HUB_OFFLINE:
-        raise ConnectionError("push_to_hub is set but HF_HUB_OFFLINE=1: the Hub cannot be reached. Unset it.")
-    token = token or get_token()
-    if token is None:
-        raise PermissionError("push_to_hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN.")
-    try:
-        identity = HfApi().whoami(token=token)
-    except Exception as error:  # network errors and auth errors alike stop the run before any work
-        raise ConnectionError(f"push_to_hub: the Hub did not accept the token or could not be reached: {error}") from error
-    role = identity.get("auth", {}).get("accessToken", {}).get("role")
-    if role == "read":
-        raise PermissionError("push_to_hub: the Hugging Face token is read-only; create one with write access.")
-
-
 def configure_wandb(script_args: STAPOScriptArguments, args: STAPOConfig, model_label: str) -> None:
     """W&B project, entity, group and tags; offline mode (with a note on syncing) when there is no API key, by the
     same function as the Python API (`STAPOConfig` calls it too)."""
@@ -514,20 +512,26 @@ def configure_wandb(script_args: STAPOScriptArguments, args: STAPOConfig, model_
     fall_back_to_offline_wandb(args.report_to, args.output_dir)
 
 
-def resume_checkpoint(args: STAPOConfig) -> str | None:
-    """The checkpoint to resume from (`true` = the latest of output_dir), checked to be complete and readable."""
+def resume_checkpoint(args: STAPOConfig) -> str | hub.HubCheckpoint | None:
+    """The checkpoint to resume from (`true` = the latest of output_dir), checked to be complete and readable; a
+    Hub checkpoint (`hf://owner/name[@revision][/folder]`) is checked on the Hub and downloaded by `train`."""
     from transformers.trainer_utils import get_last_checkpoint
 
     value = args.resume_from_checkpoint
     if value is None or str(value).lower() in ("false", "none", ""):
         return None
+    if hub.is_hub_checkpoint(value):
+        return hub.check_hub_checkpoint(value, args.hub_token)
     if str(value).lower() == "true":
         last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
         if last is None:
             raise FileNotFoundError(f"resume_from_checkpoint=true but {args.output_dir!r} has no checkpoint-* folder.")
         value = last
     if not os.path.isdir(value):
-        raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint folder {value!r}.")
+        raise FileNotFoundError(
+            f"resume_from_checkpoint: no checkpoint folder {value!r} (a checkpoint on the Hub is named "
+            "hf://owner/name[@revision][/folder])."
+        )
     check_checkpoint(value)
     return value
 

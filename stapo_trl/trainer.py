@@ -2,7 +2,6 @@
 
 import json
 import os
-import textwrap
 from dataclasses import dataclass, field
 
 import torch
@@ -10,6 +9,7 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
+from . import hub
 from .config import STAPOConfig, fall_back_to_offline_wandb
 from .rewards import PROBLEM_KEYS, reward_problem_counts
 from .s2t import (
@@ -157,19 +157,28 @@ class STAPOTrainer(GRPOTrainer):
     histogram added up the same way.
     """
 
-    _tag_names = ["trl", "grpo", "stapo"]
-    _name = "STAPO"
-    _paper = {
-        "title": "STAPO: Stabilizing Reinforcement Learning for LLMs by Silencing Rare Spurious Tokens",
-        "id": "2602.15620",
-        # docstyle-ignore
-        "citation": textwrap.dedent("""\
-            @article{stapo2026,
-                title        = {{STAPO: Stabilizing Reinforcement Learning for LLMs by Silencing Rare Spurious Tokens}},
-                year         = 2026,
-                eprint       = {arXiv:2602.15620},
-            }"""),
-    }
+    # What the model card says: `stapo-train` sets the method it ran (`--method`) and its training set's Hub id;
+    # otherwise the method is read from the settings (`stapo_trl.hub.method_of`) and the card names no dataset.
+    method: str | None = None
+    dataset_name: str | None = None
+
+    @property
+    def card_method(self) -> str:
+        return self.method or hub.method_of(self.args)
+
+    # TRL's model-card attributes (read by `GRPOTrainer.__init__` for the model's tags), those of the method run.
+    @property
+    def _tag_names(self):
+        return ["trl", "grpo", *hub.method_info(self.card_method).tags]
+
+    @property
+    def _name(self):
+        return hub.method_info(self.card_method).name
+
+    @property
+    def _paper(self):
+        info = hub.method_info(self.card_method)
+        return {"title": info.paper_title, "id": info.paper_id, "citation": info.citation} if info.paper_id else {}
 
     def __init__(self, model, reward_funcs=None, args: STAPOConfig | None = None, *positional, **kwargs):
         if args is None:
@@ -541,61 +550,40 @@ class STAPOTrainer(GRPOTrainer):
                 wandb.log({"stapo/spurious_tokens": table}, commit=False)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-        """TRL's model card, followed by the S2T settings and, when they exist, the evaluation results.
+        """Write the model card (`stapo_trl.hub.training_card`) to `<output_dir>/README.md`: the method that was run,
+        the base model, the training set's Hub id (`dataset_name`, or the trainer's), the S2T settings and the
+        evaluation results stored in the output folder.
 
-        Without a Hub repository the card still names the model (after `hub_model_id` or the output folder) and its
-        quick-start code loads it from the output folder.
+        Without a Hub repository the card is named after the output folder and its quick start loads that folder.
         """
-        args = self.args
-        model_name = model_name or (args.hub_model_id or os.path.abspath(args.output_dir)).rstrip("/").split("/")[-1]
-        hub_model_id = self.hub_model_id
-        if hub_model_id is None:
-            self.hub_model_id = args.output_dir  # TRL's quick start passes it to `pipeline(model=...)`
-        try:
-            super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
-        finally:
-            self.hub_model_id = hub_model_id
         if not self.is_world_process_zero():
             return
-        from .evaluation import results_markdown
+        from trl.trainer.utils import get_config_model_id
 
-        path = os.path.join(args.output_dir, "README.md")
-        with open(path, encoding="utf-8") as file:
-            card = file.read()
-        # TRL names no base model when the policy was loaded from a local folder; say so instead of linking "None".
-        local_model = getattr(self.model.config, "_name_or_path", "")
-        card = card.replace(
-            "This model is a fine-tuned version of [None](https://huggingface.co/None)",
-            f"This model is a fine-tuned version of `{local_model}`" if local_model else "This model was trained",
+        args = self.args
+        model_name = model_name or (args.hub_model_id or os.path.abspath(args.output_dir)).rstrip("/").split("/")[-1]
+        card = hub.training_card(
+            args,
+            method=self.card_method,
+            model_name=model_name,
+            model_id=self.hub_model_id or args.hub_model_id or args.output_dir,
+            base_model=get_config_model_id(self.model.config) or None,
+            dataset=hub.hub_dataset_id(dataset_name) if dataset_name else self.dataset_name,
+            steps=self.state.global_step,
+            tags=[tags] if isinstance(tags, str) else tags,
         )
-        tau_h = (
-            f"{args.spurious_entropy_threshold} nats (absolute)"
-            if args.spurious_entropy_threshold is not None
-            else f"{args.spurious_entropy_quantile}-quantile of the candidates' entropies"
-        )
-        sections = [
-            "## STAPO settings",
-            "",
-            "| setting | value |",
-            "|---|---|",
-            f"| S2T (silence spurious tokens) | {'on' if args.silence_spurious_tokens else 'off'} |",
-            f"| tau_p (probability threshold) | {args.spurious_prob_threshold} |",
-            f"| tau_h (entropy threshold) | {tau_h} |",
-            f"| scope of tau_h and of the denominator | {args.spurious_stats_scope} |",
-            f"| loss_type | {args.loss_type} |",
-            f"| clip range (epsilon, epsilon_high) | {args.epsilon}, {args.epsilon_high} |",
-            f"| beta (KL) | {args.beta} |",
-            f"| top_entropy_quantile | {args.top_entropy_quantile} |",
-            f"| learning_rate | {args.learning_rate} |",
-            f"| num_generations | {args.num_generations} |",
-            f"| max_completion_length | {args.max_completion_length} |",
-            f"| temperature | {args.temperature} |",
-        ]
-        results = results_markdown(args.output_dir)
-        if results:
-            sections += ["", "## Evaluation", "", results]
-        with open(path, "w", encoding="utf-8") as file:
-            file.write(card + "\n" + "\n".join(sections) + "\n")
+        os.makedirs(args.output_dir, exist_ok=True)
+        card.save(os.path.join(args.output_dir, "README.md"))
+
+    def push_to_hub(self, *args, **kwargs):
+        """transformers' `push_to_hub` (one save, the card, one upload of the output folder), without the files
+        `stapo_trl.hub.excluded_from_upload` names."""
+        with hub.uploads_without(self.args.output_dir, hub.excluded_from_upload(self.args.hub_include_run_files)):
+            return super().push_to_hub(*args, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder):
+        with hub.uploads_without(self.args.output_dir, hub.excluded_from_upload(self.args.hub_include_run_files)):
+            super()._push_from_checkpoint(checkpoint_folder)
 
     def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
         if self._loss_forward is not None:

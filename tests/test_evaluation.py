@@ -319,17 +319,20 @@ def test_compare_of_a_missing_file_fails_clearly(tmp_path, capsys):
     assert "no evaluation results at" in capsys.readouterr().err
 
 
-def test_results_markdown_for_the_model_card(tmp_path):
-    assert ev.results_markdown(tmp_path) is None
+def test_stored_results_of_an_output_directory(tmp_path):
+    assert ev.stored_results(tmp_path) == []
     shutil.copy(EVAL_FIXTURES / "run_stapo.json", tmp_path / ev.EVAL_RESULTS_FILE)
-    assert ev.results_markdown(tmp_path) == (EVAL_FIXTURES / "run_stapo_expected.md").read_text()
     # Runs of `stapo-eval --model <output_dir>` land in <output_dir>/eval/<decoding>/: all are collected.
     for name in ("justrl", "training"):
         (tmp_path / "eval" / name).mkdir(parents=True)
         shutil.copy(EVAL_FIXTURES / "run_grpo.json", tmp_path / "eval" / name / ev.EVAL_RESULTS_FILE)
-    markdown = ev.results_markdown(tmp_path)
-    assert markdown.startswith("| Run ")
-    assert markdown.count("\n| Average ") == 3  # the table of each of the three runs
+    (tmp_path / "eval" / "broken").mkdir()
+    (tmp_path / "eval" / "broken" / ev.EVAL_RESULTS_FILE).write_text("not json")  # skipped with a warning
+    stored = ev.stored_results(tmp_path)
+    assert [path.relative_to(tmp_path).as_posix() for path, _ in stored] == [
+        "eval_results.json", "eval/justrl/eval_results.json", "eval/training/eval_results.json"
+    ]
+    assert stored[0][1] == json.loads((EVAL_FIXTURES / "run_stapo.json").read_text())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -677,6 +680,21 @@ def test_training_callback_logs_benchmark_accuracy(tmp_path):
         assert "reward" not in entry  # GRPO's training metrics are not flushed into the evaluation's log
     train_logs = [entry for entry in history if "reward" in entry]
     assert [entry["step"] for entry in train_logs] == [1, 2]  # logging_steps=1: one training log per step
+
+    # The last results are kept for the model card, which lists them in its model-index metadata.
+    from stapo_trl import hub
+
+    last = json.loads((tmp_path / "eval" / "during-training" / ev.EVAL_RESULTS_FILE).read_text())
+    assert last["evaluated_at_step"] == 2
+    entries = hub.eval_results_in(tmp_path)
+    assert [(entry.dataset_name, entry.metric_type, entry.metric_value) for entry in entries] == [
+        ("AIME24 (local copy)", "avg@2", round(eval_logs[-1]["eval/aime24/avg@2"], 2)),
+        ("MATH500 (local copy)", "avg@2", round(eval_logs[-1]["eval/math500/avg@2"], 2)),
+    ]
+    assert entries[0].metric_config == "in-training, temperature 1.0, top-p 1.0"
+    assert entries[0].metric_args == {
+        "n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 4, "problems": 3, "training_step": 2
+    }
 
 
 def test_training_callback_validates_its_arguments(tmp_path):

@@ -142,7 +142,7 @@ def test_short_run_on_a_local_model(tmp_path):
     assert state["global_step"] == 2
     assert any("stapo/masked_frac" in entry for entry in state["log_history"])
     assert (output_dir / "model.safetensors").exists()
-    assert "STAPO settings" in (output_dir / "README.md").read_text()
+    assert "| S2T (silence spurious tokens) | on |" in (output_dir / "README.md").read_text()
 
 
 def test_lora_run_saves_an_adapter(tmp_path):

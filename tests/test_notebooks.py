@@ -132,7 +132,7 @@ def test_train_notebook_runs_offline(offline_env):
         results = json.loads((output_dir / "eval" / label / "eval_results.json").read_text())
         assert results["benchmarks"]["demo_addition"]["num_problems"] > 0
     run = output_dir / "run"
-    assert (run / "README.md").is_file() and "STAPO settings" in (run / "README.md").read_text()
+    assert "| S2T (silence spurious tokens) | on |" in (run / "README.md").read_text()
     assert "avg@4" in _texts(notebook)
 
 

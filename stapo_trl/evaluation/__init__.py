@@ -20,7 +20,8 @@ The modules, from the bottom up (every public name is re-exported here: `from st
 - `run`: `run_evaluation(generator, tasks, params, ...)`: generates, grades, scores and, with an `output_dir`,
   appends every sample to `eval_samples.jsonl` as soon as its batch finishes. A re-run with the same `output_dir`
   skips the samples already there and refuses (`ResumeError`) to mix samples produced with other settings.
-- `report`: `results_markdown`, `compare_markdown`: the tables.
+- `report`: `format_results_markdown`, `compare_markdown`: the tables; `stored_results`: the results kept in a
+  training output directory (`stapo_trl.hub` puts them in the model card).
 - `config` + `pipeline`: `EvalConfig` + `evaluate_model(config)`: the whole run of the `stapo-eval` CLI
   (`stapo_trl.evaluate`), from a model name or path to the files below.
 
@@ -30,7 +31,7 @@ Files written in the output directory (`EVAL_*` constants of `protocol`):
 - `eval_samples.jsonl`: one line per sample (benchmark, problem, sample, prompt, completion, extracted answer,
   gold, correct, num_tokens, truncated);
 - `eval_results.json`: per-benchmark and average scores, the settings and the model revision;
-- `eval_results.md`: the same as a Markdown table (what `results_markdown` returns for the model card).
+- `eval_results.md`: the same as a Markdown table.
 
 Every module imports only the standard library at import time; torch, transformers and vLLM are imported by the
 functions that need them.
@@ -84,7 +85,7 @@ from .report import (
     compare_markdown,
     format_results_markdown,
     load_results,
-    results_markdown,
+    stored_results,
 )
 from .run import (
     BenchmarkTask,
@@ -144,12 +145,12 @@ __all__ = [
     "prepare_evaluation",
     "PreparedEvaluation",
     "resolve_model_revision",
-    "results_markdown",
     "ResumeError",
     "run_evaluation",
     "SampleStore",
     "SamplingParams",
     "settings_fingerprint",
+    "stored_results",
     "TransformersGenerator",
     "vllm_available",
     "VLLMGenerator",

@@ -47,8 +47,8 @@ EVAL_RESULTS_FILE = "eval_results.json"
 EVAL_MARKDOWN_FILE = "eval_results.md"
 
 
-# `results_markdown(output_dir)` also collects runs stored one level below this folder (`<output_dir>/eval/*/`),
-# the default output directory of `stapo-eval` for a local model.
+# `stored_results(output_dir)` also collects runs stored one level below this folder (`<output_dir>/eval/*/`),
+# the default output directory of `stapo-eval` for a local model and of the in-training evaluation's last results.
 EVAL_SUBDIR = "eval"
 
 

@@ -1,4 +1,5 @@
-"""Markdown tables of evaluation results: one run (`eval_results.md`, the model card's table) and runs side by side."""
+"""Markdown tables of evaluation results: one run (`eval_results.md`) and runs side by side; the stored results of a
+training output directory (for its model card)."""
 
 from __future__ import annotations
 
@@ -102,13 +103,12 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     return results
 
 
-def results_markdown(output_dir: str | os.PathLike) -> str | None:
-    """The evaluation results of a training output directory as Markdown, for the model card; `None` if there are
-    none.
+def stored_results(output_dir: str | os.PathLike) -> list[tuple[Path, dict[str, Any]]]:
+    """The evaluation results stored in a training output directory, as `(path, results)` pairs.
 
     Reads `<output_dir>/eval_results.json` and the runs in `<output_dir>/eval/*/eval_results.json` (the default
-    output directory of `stapo-eval --model <output_dir>`). One run gives its table; several give a comparison
-    table (a row per run) followed by each run's table.
+    output directory of `stapo-eval --model <output_dir>`, and where the in-training evaluation keeps its last
+    results); unreadable files are skipped with a warning.
     """
     output_dir = Path(output_dir)
     paths = []
@@ -119,14 +119,7 @@ def results_markdown(output_dir: str | os.PathLike) -> str | None:
     runs = []
     for path in paths:
         try:
-            runs.append(load_results(path))
+            runs.append((path, load_results(path)))
         except (OSError, ValueError) as error:
             logger.warning("skipping unreadable evaluation results %s: %s", path, error)
-    if not runs:
-        return None
-    if len(runs) == 1:
-        return format_results_markdown(runs[0])
-    labels = [run.get("run_name") or path.parent.name for run, path in zip(runs, paths, strict=True)]
-    parts = [compare_markdown(runs, labels)]
-    parts.extend(format_results_markdown(run) for run in runs)
-    return "\n".join(parts)
+    return runs
