@@ -69,16 +69,16 @@ METHODS = {
     ),
     "justrl": Method(
         name="JustRL",
-        summary="the STAPO paper's JustRL baseline: a DAPO-style token-mean objective with clip-higher and no KL term, "
-        "nothing silenced",
+        summary="the STAPO paper's JustRL baseline, a DAPO-style token-mean objective with clip-higher and no KL term, "
+        "with nothing silenced",
         tags=("justrl",),
         paper_title="JustRL: Scaling a 1.5B LLM with a Simple RL Recipe",
         paper_id="2512.16649",
     ),
     "entropy20": Method(
         name="20-Entropy",
-        summary="the STAPO paper's 20-Entropy baseline: the policy gradient only on the 20% highest-entropy tokens, "
-        "renormalised over them",
+        summary="the STAPO paper's 20-Entropy baseline, with the policy gradient only on the 20% highest-entropy "
+        "tokens, renormalised over them",
         tags=("entropy20",),
         paper_title="Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective Reinforcement Learning for "
         "LLM Reasoning",
@@ -147,9 +147,9 @@ class _UploadsWithout:
 def uploads_without(folder: str, patterns: list[str]):
     """While active, the Trainer's uploads of `folder` also leave out `patterns`.
 
-    transformers (5.23 to 5.25) uploads the output folder from `Trainer.push_to_hub` and `_push_from_checkpoint`
-    through `transformers.trainer.hf_api().upload_folder(..., ignore_patterns=["_*", "checkpoint-*"])`, with no
-    setting for more patterns; this wraps that one call instead of copying both methods.
+    transformers (5.25, the tested version) uploads the output folder from `Trainer.push_to_hub` and
+    `_push_from_checkpoint` through `transformers.trainer.hf_api().upload_folder(..., ignore_patterns=["_*",
+    "checkpoint-*"])`, with no setting for more patterns; this wraps that one call instead of copying both methods.
     """
     import transformers.trainer as trainer_module
 
@@ -461,7 +461,8 @@ def evaluation_markdown(eval_results: list) -> str:
             f"| {result.dataset_name} | {result.metric_type} | {result.metric_config} | {result.metric_value:.2f} | "
             f"{details} |"
         )
-    return "\n".join(rows) + "\n\navg@n: the mean accuracy over n samples per problem, graded by stapo-trl's boxed-answer grader."
+    note = "avg@n: the mean accuracy (%) over n samples per problem, graded by stapo-trl's boxed-answer grader."
+    return "\n".join(rows) + "\n\n" + note
 
 
 _EVALUATION_SECTION = re.compile(r"^## Evaluation\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
@@ -533,7 +534,8 @@ def hub_preflight(hub_model_id: str | None, token: str | None = None) -> None:
     try:
         identity = HfApi().whoami(token=token)
     except Exception as error:  # network errors and auth errors alike stop the run before any work
-        raise ConnectionError(f"push_to_hub: the Hub did not accept the token or could not be reached: {error}") from error
+        message = f"push_to_hub: the Hub did not accept the token or could not be reached: {error}"
+        raise ConnectionError(message) from error
     role = identity.get("auth", {}).get("accessToken", {}).get("role")
     if role == "read":
         raise PermissionError("push_to_hub: the Hugging Face token is read-only; create one with write access.")

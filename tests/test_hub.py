@@ -80,7 +80,9 @@ def train_argv(model_dir, output_dir, method, *extra):
 
 
 def commits(root, repo_id):
-    return [call for call in fake_hub.calls(root) if call["operation"] == "create_commit" and call["repo_id"] == repo_id]
+    return [
+        call for call in fake_hub.calls(root) if call["operation"] == "create_commit" and call["repo_id"] == repo_id
+    ]
 
 
 def card_of(root, repo_id):
@@ -116,9 +118,10 @@ def test_stapo_run_uploads_the_model_only_and_stapo_eval_adds_its_results_to_the
     assert card.data.base_model is None and card.data.datasets is None
     assert card.data.tags == ["trl", "grpo", "stapo", "stapo-trl"]
     assert card.data.eval_results is None
-    assert "a fine-tuned version of a local model (`tiny-model" in card.text and "trained on a local dataset" in card.text
-    assert "with STAPO ([STAPO: Stabilizing" in card.text and "| optimizer steps | 2 |" in card.text
-    assert "author       = {Shiqi Liu and Zeyu He" in card.text and "| S2T (silence spurious tokens) | on |" in card.text
+    assert "a fine-tuned version of a local model (`tiny-model" in card.text
+    assert "trained on a local dataset with STAPO ([STAPO: Stabilizing" in card.text
+    assert "| S2T (silence spurious tokens) | on |" in card.text and "| optimizer steps | 2 |" in card.text
+    assert "author       = {Shiqi Liu and Zeyu He" in card.text
     assert f'pipeline("text-generation", model="{repo_id}"' in card.text
     config = (root / "repos" / repo_id / "training_config.yaml").read_text()
     assert "method: stapo\n" in config and "spurious_prob_threshold: 0.05\n" in config and "hub_token" not in config
@@ -201,9 +204,8 @@ def test_training_config_reruns_the_same_settings(tmp_path):
     hub.write_training_config(path, hub.training_config(first.script_args, first.args, first.model_args))
     assert "hf_secret" not in path.read_text()
     again = parse(["--config", str(path)])
-    for before, after in zip(
-        (first.script_args, first.args, first.model_args), (again.script_args, again.args, again.model_args), strict=True
-    ):
+    runs = [(run.script_args, run.args, run.model_args) for run in (first, again)]
+    for before, after in zip(*runs, strict=True):
         settings = [getattr(arguments, "to_dict", lambda a=arguments: vars(a))() for arguments in (before, after)]
         expected, rerun = ({k: v for k, v in values.items() if not k.endswith("_token")} for values in settings)
         assert rerun == expected
@@ -275,3 +277,23 @@ def test_the_card_links_the_wandb_run_only_when_it_logs_online(tmp_path, monkeyp
     # Inferred from the settings (no --method): GRPO, with TRL's reference for it and no STAPO tag or citation.
     assert card.data.tags == ["trl", "grpo", "stapo-trl"]
     assert "with GRPO ([DeepSeekMath" in card.text and "Cite GRPO as:" in card.text and "2602.15620" not in card.text
+
+
+def test_the_upload_filter_applies_to_the_output_folder_only_and_is_undone(tmp_path, monkeypatch):
+    import transformers.trainer as trainer_module
+
+    sent = []
+
+    class Api:
+        def upload_folder(self, **kwargs):
+            sent.append(kwargs)
+
+    monkeypatch.setattr(trainer_module, "hf_api", Api)
+    with hub.uploads_without(str(tmp_path), hub.excluded_from_upload(False)):
+        trainer_module.hf_api().upload_folder(folder_path=str(tmp_path), ignore_patterns=["_*", "checkpoint-*"])
+        trainer_module.hf_api().upload_folder(folder_path=str(tmp_path / "checkpoint-1"), path_in_repo="last-checkpoint")
+    assert sent == [
+        {"folder_path": str(tmp_path), "ignore_patterns": ["_*", "checkpoint-*", *hub.excluded_from_upload(False)]},
+        {"folder_path": str(tmp_path / "checkpoint-1"), "ignore_patterns": None, "path_in_repo": "last-checkpoint"},
+    ]
+    assert trainer_module.hf_api is Api

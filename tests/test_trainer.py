@@ -389,11 +389,15 @@ def test_metrics_are_logged(tmp_path):
         assert name in metrics
 
 
-def test_model_card_identity():
-    assert "stapo" in STAPOTrainer._tag_names
-    assert STAPOTrainer._name == "STAPO"
-    assert STAPOTrainer._paper["id"] == "2602.15620"
-    assert "2602.15620" in STAPOTrainer._paper["citation"]
+def test_model_card_identity_follows_the_method(tmp_path):
+    trainer = build_trainer(STAPOTrainer, STAPOConfig, tmp_path)  # S2T on: STAPO
+    assert trainer._tag_names == ["trl", "grpo", "stapo"] and trainer._name == "STAPO"
+    assert trainer._paper["id"] == "2602.15620" and "author       = {Shiqi Liu and" in trainer._paper["citation"]
+    assert trainer.model.model_tags == ["trl", "grpo", "stapo"]  # what TRL tags the model with
+    trainer.method = "justrl"  # as stapo-train sets its --method
+    assert trainer._tag_names == ["trl", "grpo", "justrl"] and trainer._name == "JustRL"
+    assert trainer._paper == {"title": "JustRL: Scaling a 1.5B LLM with a Simple RL Recipe", "id": "2512.16649",
+                              "citation": None}  # fmt: skip
 
 
 def test_rejects_plain_grpo_config(tmp_path):
