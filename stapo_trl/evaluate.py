@@ -207,13 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         config = config_from_args(args)
+        # Everything that can be checked without the model weights is checked here: flags, the Hub repository whose
+        # card gets the results, backend, revision, the output directory's settings, the benchmark data, the
+        # tokenizer and the stored prompts.
         card_repo = hub_card_repo(args)
-        # Everything that can be checked without the model weights is checked here: flags, backend, revision,
-        # the output directory's settings, the benchmark data, the tokenizer and the stored prompts, and the Hub
-        # repository whose card gets the results.
-        prepared = ev.prepare_evaluation(config)
         if card_repo is not None:
             hub.check_card_repo(card_repo, revision=args.hub_revision)
+        prepared = ev.prepare_evaluation(config)
     except (ValueError, OSError) as error:
         parser.error(str(error))
     except ev.ResumeError as error:

@@ -374,6 +374,8 @@ def no_loading(monkeypatch):
         (["--dtype", "int4"], ["--dtype", "bfloat16"]),
         (["--chat_template_kwargs", "{oops"], ["--chat_template_kwargs", "JSON"]),
         (["--data_parallel_size", "2", "--backend", "transformers"], ["--data_parallel_size", "vllm"]),
+        (["--hub_model_id", "me/run"], ["push_to_hub is set but HF_HUB_OFFLINE=1"]),  # the card's repo: checked first
+        (["--push_to_hub"], ["push_to_hub is set but HF_HUB_OFFLINE=1"]),  # a Hub --model is the card's repo
     ],
 )
 def test_cli_rejects_bad_flags_before_loading_anything(argv, expected, no_loading, capsys):
@@ -383,6 +385,13 @@ def test_cli_rejects_bad_flags_before_loading_anything(argv, expected, no_loadin
     err = capsys.readouterr().err
     for fragment in expected:
         assert fragment in err, (fragment, err)
+
+
+def test_cli_push_of_a_local_model_needs_the_hub_repository(no_loading, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path), "--push_to_hub"])
+    assert exit_info.value.code == 2
+    assert "--push_to_hub: --model is a local folder; name the Hub repository" in capsys.readouterr().err
 
 
 def test_cli_requires_a_model(no_loading, capsys):
