@@ -137,6 +137,15 @@ class STAPOArguments:
             "choices": list(SPURIOUS_STATS_SCOPES),
         },
     )
+    spurious_scoring_token_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "spurious_stats_scope='step': most positions (rows x padded length) per model call of the "
+            "gradient-free scoring pass. None: the positions of the step's largest training micro-batch, so that no "
+            "scoring call holds more activations than a training forward. Larger: fewer calls (fewer parameter "
+            "gathers under ZeRO-3), more padding."
+        },
+    )
     renormalize_entropy_mask: bool = field(
         default=False,
         metadata={

@@ -83,6 +83,14 @@ class STAPOConfig(STAPOArguments, GRPOConfig):
             the loss's own forward pass: no extra pass, but a lone candidate is never silenced and, with gradient
             accumulation, the denominator is TRL's scaled by the micro-batch's kept share. Evaluation always uses the
             evaluation batch.
+        spurious_scoring_token_budget (`int` or `None`, *optional*, defaults to `None`):
+            With `spurious_stats_scope="step"`, the scoring pass runs only the completions that can hold a candidate
+            (a positive advantage), each trimmed to its own prompt + completion tokens, grouped longest first into
+            model calls of at most this many positions (rows x the call's longest row); a longer row gets a call of
+            its own. `None` takes the positions of the step's largest training micro-batch (its rows x its padded
+            prompt + completion length), so that no scoring call holds more activations than the training forward of
+            the same step. A larger budget means fewer calls (under ZeRO-3 each call gathers every parameter) and
+            more padding inside a call. Range: >= 1.
         renormalize_entropy_mask (`bool`, *optional*, defaults to `False`):
             With `top_entropy_quantile < 1.0` (the 20-Entropy baseline), also remove the low-entropy tokens from the
             loss denominator, as the original "Beyond the 80/20 rule" code does. TRL's own mask only removes them
@@ -139,6 +147,11 @@ class STAPOConfig(STAPOArguments, GRPOConfig):
         if self.spurious_stats_scope not in SPURIOUS_STATS_SCOPES:
             raise ValueError(
                 f"spurious_stats_scope must be one of {', '.join(SPURIOUS_STATS_SCOPES)}, got {self.spurious_stats_scope!r}."
+            )
+        if self.spurious_scoring_token_budget is not None and self.spurious_scoring_token_budget < 1:
+            raise ValueError(
+                "spurious_scoring_token_budget must be None (the step's largest micro-batch) or >= 1 positions, got "
+                f"{self.spurious_scoring_token_budget}."
             )
         if self.loss_type not in SUPPORTED_LOSS_TYPES:
             raise ValueError(

@@ -19,6 +19,7 @@ from .s2t import (
     find_spurious_tokens_in_batches,
     histogram_quantiles,
     nonfinite_tokens,
+    per_token_advantages,
     s2t_statistics,
 )
 
@@ -53,6 +54,21 @@ SPURIOUS_TOKEN_CONTEXT = 32
 
 
 @dataclass
+class PolicyScores:
+    """The current policy's log-probs and entropies on the rows of a micro-batch that a decision needs.
+
+    Attributes:
+        per_token_logps: ``(B, T)`` log-probabilities of the completion tokens; 0 in rows not scored.
+        entropies: ``(B, T)`` entropies (nats); 0 in rows not scored.
+        rows: ``(B,)`` bool, the rows scored.
+    """
+
+    per_token_logps: torch.Tensor
+    entropies: torch.Tensor
+    rows: torch.Tensor
+
+
+@dataclass
 class MicroBatchS2T:
     """The S2T decision for one micro-batch; every mask is ``(B, T)`` bool.
 
@@ -60,19 +76,30 @@ class MicroBatchS2T:
         loss_mask: the loss tokens before S2T (`completion_mask`, times `tool_mask` when TRL has one).
         scored: the loss tokens with finite inputs.
         nonfinite: the loss tokens excluded because a log-prob, entropy, advantage or sampler value is NaN/inf.
+        candidates: the loss tokens with a positive advantage and a probability below tau_p.
         silenced: the spurious tokens removed from the loss (none when `silence_spurious_tokens=False`).
         keep: the tokens that stay in the loss.
         entropy_mask: TRL's 80/20 mask (`top_entropy_quantile < 1`), or ``None``.
-        statistics: ``(len(S2T_STATISTICS),)`` float64 counts of this process's micro-batch (`s2t_statistics`).
+        statistics: ``(len(S2T_STATISTICS),)`` float64 counts of this process's micro-batch (`s2t_statistics`); the
+            entropy and probability sums cover only the rows in `scores`.
+        scores: what the decision was taken from.
     """
 
     loss_mask: torch.Tensor
     scored: torch.Tensor
     nonfinite: torch.Tensor
+    candidates: torch.Tensor
     silenced: torch.Tensor
     keep: torch.Tensor
     entropy_mask: torch.Tensor | None
     statistics: torch.Tensor
+    scores: PolicyScores
+
+
+def _loss_mask(inputs) -> torch.Tensor:
+    """``(B, T)`` the loss tokens before S2T: `completion_mask`, times `tool_mask` when TRL has one."""
+    loss_mask = inputs["completion_mask"]
+    return loss_mask * inputs["tool_mask"] if "tool_mask" in inputs else loss_mask
 
 
 @dataclass
@@ -90,6 +117,29 @@ class StepPlan:
     inputs: list
     decisions: list
     statistics: torch.Tensor
+
+
+def pack_rows(lengths: list[int], budget: int) -> list[list[int]]:
+    """Group rows into as few model calls as `budget` allows, a call costing its rows x its longest row.
+
+    Rows are taken longest first and each call is filled while the cost stays within `budget` (for calls of rows
+    taken in order of length, this greedy grouping makes the fewest calls); a row longer than `budget` gets a call of
+    its own.
+
+    Args:
+        lengths: the length (positions) of each row.
+        budget: the most positions of one call.
+
+    Returns:
+        The indices into `lengths` of each call's rows, longest first.
+    """
+    calls = []
+    for index in sorted(range(len(lengths)), key=lambda index: -lengths[index]):
+        if calls and (len(calls[-1]) + 1) * lengths[calls[-1][0]] <= budget:
+            calls[-1].append(index)
+        else:
+            calls.append([index])
+    return calls
 
 
 @dataclass
@@ -241,9 +291,8 @@ class STAPOTrainer(GRPOTrainer):
         return prepared
 
     def _plan_step(self, step_inputs) -> StepPlan:
-        """Score every micro-batch of the step and decide S2T with one `tau_h` for the whole step (all processes)."""
-        scores = [self._score_without_gradient(inputs) for inputs in step_inputs]
-        decisions = self._decide(step_inputs, scores, "train")
+        """Score the step's micro-batches and decide S2T with one `tau_h` for the whole step (all processes)."""
+        decisions = self._decide(step_inputs, self._score_step(step_inputs), "train")
         statistics = self.accelerator.reduce(torch.stack([decision.statistics for decision in decisions]), "sum")
         return StepPlan(self._step, step_inputs, decisions, statistics)
 
@@ -258,28 +307,149 @@ class STAPOTrainer(GRPOTrainer):
             )
         return index
 
-    def _score_without_gradient(self, inputs):
-        """``(B, T)`` log-probs and entropies of the current policy on a micro-batch, without gradient.
+    def _score_step(self, step_inputs) -> list[PolicyScores]:
+        """The current policy's log-probs and entropies wherever the step's S2T decision needs them, without gradient.
 
-        Reuses TRL's generation-time pass when it scored this batch with the weights of the current optimizer step.
+        A micro-batch that TRL's generation-time pass scored with the weights of this optimizer step is taken from that
+        pass. In the others only the rows that can hold a candidate are scored (`_rows_to_score`), each trimmed to its
+        own prompt + completion tokens, in calls grouped over the whole step (`pack_rows`, at most
+        `spurious_scoring_token_budget` positions each). The other rows are never candidates: their tokens are counted
+        from the training forward of their micro-step (see `_count_in_window`).
         """
-        scored_at = inputs.get(_SCORED_AT_STEP)
-        if scored_at is not None and int(scored_at[0]) == self.state.global_step:
-            return inputs["old_per_token_logps"], inputs[_SAMPLER_ENTROPIES]
-        # Mirrors TRL 1.16's generation-time pass (`_generate_and_score_completions`): the same fused path, chunked
-        # by the training micro-batch size.
-        completion_ids = inputs["completion_ids"]
+        scores = [None] * len(step_inputs)
+        unscored = []
+        for index, inputs in enumerate(step_inputs):
+            scored_at = inputs.get(_SCORED_AT_STEP)
+            if scored_at is not None and int(scored_at[0]) == self.state.global_step:
+                every_row = torch.ones_like(scored_at, dtype=torch.bool)
+                scores[index] = PolicyScores(inputs["old_per_token_logps"], inputs[_SAMPLER_ENTROPIES], every_row)
+            else:
+                unscored.append(index)
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            logps, entropies, _ = self._get_per_token_logps_and_entropies(
-                self.model,
-                torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
-                torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
-                completion_ids.size(1),
-                batch_size=self.args.per_device_train_batch_size,
-                compute_entropy=True,
-                **{key: inputs.get(key) for key in _MODEL_INPUT_KEYS},
+            if self._scores_whole_micro_batches([step_inputs[index] for index in unscored]):
+                for index in unscored:
+                    scores[index] = self._score_whole_micro_batch(step_inputs[index])
+            else:
+                packed = self._score_rows([step_inputs[index] for index in unscored], self._scoring_budget(step_inputs))
+                for index, micro_batch_scores in zip(unscored, packed, strict=True):
+                    scores[index] = micro_batch_scores
+        return scores
+
+    def _scores_whole_micro_batches(self, step_inputs) -> bool:
+        """Whether these micro-batches are scored whole: multimodal inputs are laid out per image or tile, not per
+        row, so they cannot be trimmed row by row."""
+        return any(inputs.get(key) is not None for inputs in step_inputs for key in _MODEL_INPUT_KEYS)
+
+    def _score_whole_micro_batch(self, inputs) -> PolicyScores:
+        """Every row of a micro-batch as TRL pads it, chunked by the training micro-batch size.
+
+        Mirrors TRL 1.16's generation-time pass (`_generate_and_score_completions`): the same fused path.
+        """
+        completion_ids = inputs["completion_ids"]
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            self.model,
+            torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
+            completion_ids.size(1),
+            batch_size=self.args.per_device_train_batch_size,
+            compute_entropy=True,
+            **{key: inputs.get(key) for key in _MODEL_INPUT_KEYS},
+        )
+        return PolicyScores(logps, entropies, torch.ones(logps.size(0), dtype=torch.bool, device=logps.device))
+
+    def _scoring_budget(self, step_inputs) -> int:
+        """Most positions of one scoring call: `spurious_scoring_token_budget`, by default the step's largest training
+        micro-batch."""
+        if self.args.spurious_scoring_token_budget is not None:
+            return self.args.spurious_scoring_token_budget
+        return max(inputs["prompt_ids"].numel() + inputs["completion_ids"].numel() for inputs in step_inputs)
+
+    def _rows_to_score(self, inputs) -> torch.Tensor:
+        """``(B,)`` bool: the rows a decision needs scored.
+
+        A candidate needs a positive advantage on a loss token, so only such rows; every row with a loss token when
+        TRL's 80/20 mask (`top_entropy_quantile < 1`) needs the entropy of every token.
+        """
+        loss_mask = _loss_mask(inputs).bool()
+        if self.top_entropy_quantile < 1.0:
+            return loss_mask.any(dim=1)
+        return (loss_mask & (per_token_advantages(inputs["advantages"], loss_mask) > 0)).any(dim=1)
+
+    def _score_rows(self, step_inputs, budget: int) -> list[PolicyScores]:
+        """Score `_rows_to_score` of each micro-batch, each row trimmed to its real tokens, in calls of `pack_rows`.
+
+        TRL left-pads prompts and right-pads completions, so a row's real tokens are one contiguous span of its padded
+        layout. Each span goes into its call at the start of a row, right-padded to the call's longest span, with the
+        position ids it has in the padded layout: attention sees the same keys with the same rotary positions, and a
+        causal model never looks at the right padding, so no attention mask is needed. The values equal those of the
+        padded pass in exact arithmetic; in floating point they can differ by rounding (kernels reduce over different
+        shapes).
+
+        Every process makes the same number of model calls (a process with fewer adds calls of two padding tokens), so
+        that engines that gather parameters inside each forward (ZeRO-3, FSDP) stay in step.
+        """
+        spans = []  # (micro-batch, row, first column, prompt tokens, completion tokens)
+        for index, inputs in enumerate(step_inputs):
+            prompt_tokens = inputs["prompt_mask"].sum(dim=1)
+            completion_tokens = inputs["completion_mask"].sum(dim=1)
+            rows = self._rows_to_score(inputs).nonzero().flatten()
+            prompt_width = inputs["prompt_ids"].size(1)
+            for row, prompt, completion in zip(
+                rows.tolist(), prompt_tokens[rows].tolist(), completion_tokens[rows].tolist(), strict=True
+            ):
+                spans.append((index, row, prompt_width - prompt, prompt, completion))
+        calls = pack_rows([prompt + completion for *_, prompt, completion in spans], budget)
+        device = self.accelerator.device
+        most_calls = len(calls)
+        if self.accelerator.num_processes > 1:
+            most_calls = int(self.accelerator.gather(torch.tensor([len(calls)], device=device)).max())
+
+        outputs = []
+        for call in calls:
+            length = spans[call[0]][3] + spans[call[0]][4]
+            input_ids = torch.full((len(call), length), self._tokenizer.pad_token_id, dtype=torch.long, device=device)
+            labels = torch.full_like(input_ids, -100)
+            for position, span_index in enumerate(call):
+                index, row, first, prompt, completion = spans[span_index]
+                inputs = step_inputs[index]
+                ids = torch.cat([inputs["prompt_ids"][row], inputs["completion_ids"][row]])
+                ids = ids[first : first + prompt + completion]
+                input_ids[position, : ids.numel()] = ids
+                labels[position, prompt : prompt + completion] = ids[prompt:]
+            first_columns = torch.tensor([spans[span_index][2] for span_index in call], device=device)
+            position_ids = first_columns.unsqueeze(1) + torch.arange(length, device=device)
+            outputs.append(self._score_call(input_ids, position_ids, labels))
+        for _ in range(most_calls - len(calls)):
+            padding = torch.full((1, 2), self._tokenizer.pad_token_id, dtype=torch.long, device=device)
+            self._score_call(padding, torch.arange(2, device=device).unsqueeze(0), torch.full_like(padding, -100))
+
+        dtype = outputs[0][0].dtype if outputs else torch.float32
+        scores = [
+            PolicyScores(
+                torch.zeros(inputs["completion_ids"].shape, dtype=dtype, device=device),
+                torch.zeros(inputs["completion_ids"].shape, dtype=dtype, device=device),
+                torch.zeros(inputs["completion_ids"].size(0), dtype=torch.bool, device=device),
             )
-        return logps, entropies
+            for inputs in step_inputs
+        ]
+        for call, (logps, entropies) in zip(calls, outputs, strict=True):
+            for position, span_index in enumerate(call):
+                index, row, _, prompt, completion = spans[span_index]
+                # the log-prob of token t comes from the position before it
+                scores[index].per_token_logps[row, :completion] = logps[position, prompt - 1 : prompt - 1 + completion]
+                scores[index].entropies[row, :completion] = entropies[position, prompt - 1 : prompt - 1 + completion]
+                scores[index].rows[row] = True
+        return scores
+
+    def _score_call(self, input_ids, position_ids, labels):
+        """``(R, L - 1)`` log-probs and entropies of the tokens `labels` names, from one call of the policy.
+
+        Mirrors the model call of TRL 1.16's `_get_per_token_logps_and_entropies` (the fused LM head under the
+        accelerator's autocast), with the rows' own position ids.
+        """
+        with self.accelerator.autocast():
+            outputs = self.model(input_ids=input_ids, position_ids=position_ids, labels=labels, fused_lm_head=True)
+        return outputs.log_probs, outputs.entropy
 
     def _generate_and_score_completions(self, inputs):
         capture = self.model.training and self._scores_whole_steps
@@ -304,37 +474,36 @@ class STAPOTrainer(GRPOTrainer):
 
         Args:
             batches: the inputs of each micro-batch (as TRL hands them to `_compute_loss`).
-            scores: ``((B, T), (B, T))`` log-probs and entropies of the current policy for each micro-batch.
-            mode: `"train"` or `"eval"`: the logging window the counts go to.
+            scores: the `PolicyScores` of each micro-batch; only its scored rows can hold candidates.
+            mode: `"train"` or `"eval"`: the logging window the threshold goes to.
         """
         loss_masks, nonfinite, scored, entropy_masks = [], [], [], []
-        for inputs, (logps, entropies) in zip(batches, scores, strict=True):
-            loss_mask = inputs["completion_mask"]
-            if "tool_mask" in inputs:
-                loss_mask = loss_mask * inputs["tool_mask"]
+        for inputs, score in zip(batches, scores, strict=True):
+            loss_mask = _loss_mask(inputs)
             sampler_values = [inputs.get(key) for key in _LOSS_INPUT_KEYS]
-            bad = nonfinite_tokens(loss_mask, logps, entropies, inputs["advantages"], *sampler_values)
+            bad = nonfinite_tokens(
+                loss_mask, score.per_token_logps, score.entropies, inputs["advantages"], *sampler_values
+            )
             loss_masks.append(loss_mask)
             nonfinite.append(bad)
             scored.append(loss_mask.bool() & ~bad)
             entropy_masks.append(
-                super().get_high_entropy_mask(entropies.detach(), scored[-1], 1 - self.top_entropy_quantile)
+                super().get_high_entropy_mask(score.entropies.detach(), scored[-1], 1 - self.top_entropy_quantile)
                 if self.top_entropy_quantile < 1.0
                 else None
             )
         found = find_spurious_tokens_in_batches(
-            [logps for logps, _ in scores],
-            [entropies for _, entropies in scores],
+            [score.per_token_logps for score in scores],
+            [score.entropies for score in scores],
             [inputs["advantages"] for inputs in batches],
-            scored,
+            [mask & score.rows.unsqueeze(1) for mask, score in zip(scored, scores, strict=True)],
             prob_threshold=self.args.spurious_prob_threshold,
             entropy_quantile=self.args.spurious_entropy_quantile,
             entropy_threshold=self.args.spurious_entropy_threshold,
             gather=self._gather_across_processes,
         )
-        window = self._s2t_windows[mode]
         if found and found[0].entropy_threshold is not None:
-            window.entropy_thresholds.append(found[0].entropy_threshold)
+            self._s2t_windows[mode].entropy_thresholds.append(found[0].entropy_threshold)
         decisions = []
         for index, spurious in enumerate(found):
             silenced = spurious.spurious if self.args.silence_spurious_tokens else torch.zeros_like(spurious.spurious)
@@ -343,15 +512,34 @@ class STAPOTrainer(GRPOTrainer):
             if entropy_mask is not None and self.args.renormalize_entropy_mask:
                 keep = keep & entropy_mask
                 entropy_mask = keep  # already in the loss mask: TRL's numerator-only mask becomes a no-op
-            logps, entropies = scores[index]
+            score = scores[index]
             statistics = s2t_statistics(
-                loss_masks[index], scored[index], keep, spurious.candidates, silenced, nonfinite[index], logps, entropies
-            )
-            window.add(statistics, entropies.detach()[scored[index]])
+                loss_masks[index], scored[index], keep, spurious.candidates, silenced, nonfinite[index],
+                score.per_token_logps, score.entropies,
+            )  # fmt: skip
             decisions.append(
-                MicroBatchS2T(loss_masks[index], scored[index], nonfinite[index], silenced, keep, entropy_mask, statistics)
+                MicroBatchS2T(
+                    loss_masks[index], scored[index], nonfinite[index], spurious.candidates, silenced, keep,
+                    entropy_mask, statistics, score,
+                )  # fmt: skip
             )
         return decisions
+
+    def _count_in_window(self, mode, decision, nonfinite, keep, per_token_logps, entropies) -> torch.Tensor:
+        """Add a micro-step's tokens to the logging window; returns their `s2t_statistics` (this process).
+
+        Each token counts with the values its decision was taken from: the decision's scores in the rows they cover,
+        this micro-step's forward in the others (rows that could hold no candidate and were not scored ahead).
+        """
+        rows = decision.scores.rows.unsqueeze(1)
+        logps = torch.where(rows, decision.scores.per_token_logps, per_token_logps.detach())
+        entropies = torch.where(rows, decision.scores.entropies, entropies.detach())
+        scored = decision.loss_mask.bool() & ~nonfinite
+        statistics = s2t_statistics(
+            decision.loss_mask, scored, keep, decision.candidates, decision.silenced, nonfinite, logps, entropies
+        )
+        self._s2t_windows[mode].add(statistics, entropies[scored])
+        return statistics
 
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
@@ -378,7 +566,9 @@ class STAPOTrainer(GRPOTrainer):
             num_items = step_kept * self.args.steps_per_generation / self.current_gradient_accumulation_steps
         else:
             micro_step = self._step % self.args.gradient_accumulation_steps
-            (decision,) = self._decide([inputs], [(per_token_logps, entropies)], mode)
+            every_row = torch.ones(advantages.size(0), dtype=torch.bool, device=advantages.device)
+            scores = PolicyScores(per_token_logps.detach(), entropies.detach(), every_row)
+            (decision,) = self._decide([inputs], [scores], mode)
             statistics = self.accelerator.reduce(decision.statistics, "sum")
             num_items = (
                 inputs["num_items_in_batch"]
@@ -390,6 +580,7 @@ class STAPOTrainer(GRPOTrainer):
             decision.loss_mask, per_token_logps, entropies, advantages, *sampler_values
         )
         keep = decision.keep & ~nonfinite
+        window_statistics = self._count_in_window(mode, decision, nonfinite, keep, per_token_logps, entropies)
         if mode == "eval" or self.accelerator.sync_gradients:
             self._s2t_windows[mode].updates += 1
 
@@ -425,7 +616,10 @@ class STAPOTrainer(GRPOTrainer):
             self._loss_entropy_mask = None
         if masks_loss:
             # TRL averages its `entropy` metric over the loss mask; keep it the entropy of every completion token,
-            # so that runs with and without S2T (or the renormalised 80/20 mask) stay comparable.
+            # so that runs with and without S2T (or the renormalised 80/20 mask) stay comparable. (The step plan's
+            # counts hold no entropy of the rows it did not score: take this micro-step's, on all processes.)
+            if mode == "train" and self._scores_whole_steps:
+                statistics = self.accelerator.reduce(window_statistics, "sum")
             scored_entropy = statistics[_STAT["scored_entropy_sum"]] / statistics[_STAT["scored_tokens"]].clamp(min=1.0)
             self._metrics[mode]["entropy"][-1] = scored_entropy.item()
         return loss

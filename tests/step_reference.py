@@ -2,7 +2,8 @@
 
 `RecordingSTAPOTrainer` keeps, for every optimizer step, the weights it started from, the inputs of every micro-step
 (as TRL hands them to the loss), the summed micro-step losses and the accumulated gradients before the optimizer
-step. `whole_step_reference` recomputes that step from scratch: one plain forward per micro-batch (logits ->
+step. It also keeps the scores the step's plan took (`_score_step`) and the shape of every scoring call.
+`whole_step_reference` recomputes that step from scratch: one plain forward per micro-batch (logits ->
 log-softmax, not TRL's fused head), the S2T rule with `torch.quantile` over every candidate of the step, and the paper's
 objective summed over the kept tokens of the step divided by their number.
 """
@@ -26,7 +27,10 @@ class RecordingSTAPOTrainer(STAPOTrainer):
     def training_step(self, model, inputs, num_items_in_batch):
         if not self.steps or self.steps[-1]["global_step"] != self.state.global_step:
             weights = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
-            self.steps.append({"global_step": self.state.global_step, "weights": weights, "inputs": [], "loss": 0.0})
+            self.steps.append(
+                {"global_step": self.state.global_step, "weights": weights, "inputs": [], "loss": 0.0}
+            )
+            self.steps[-1]["scoring_calls"] = []
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.steps[-1]["loss"] += loss.item()
         return loss
@@ -37,15 +41,21 @@ class RecordingSTAPOTrainer(STAPOTrainer):
         return super()._compute_loss(model, inputs)
 
     def _plan_step(self, step_inputs):
-        self.steps[-1]["scores"] = []
         plan = super()._plan_step(step_inputs)
         self.steps[-1]["silenced"] = [decision.silenced.clone() for decision in plan.decisions]
         return plan
 
-    def _score_without_gradient(self, inputs):
-        logps, entropies = super()._score_without_gradient(inputs)
-        self.steps[-1]["scores"].append((logps.detach().clone(), entropies.detach().clone()))
-        return logps, entropies
+    def _score_step(self, step_inputs):
+        scores = super()._score_step(step_inputs)
+        self.steps[-1]["scores"] = [
+            (score.per_token_logps.detach().clone(), score.entropies.detach().clone(), score.rows.clone())
+            for score in scores
+        ]
+        return scores
+
+    def _score_call(self, input_ids, position_ids, labels):
+        self.steps[-1]["scoring_calls"].append(tuple(input_ids.shape))
+        return super()._score_call(input_ids, position_ids, labels)
 
     def optimizer_step_grads(self):
         """Call from `on_pre_optimizer_step`: keeps the accumulated gradients of the step."""
@@ -74,8 +84,8 @@ def whole_step_reference(config, weights, micro_batches, prob_threshold, entropy
     The policy is a fresh model built from `config` with the step's `weights` (the trainer's own model carries TRL's
     fused LM head, which must not serve as its own reference).
 
-    Returns a dict with `loss`, `grads`, `entropy_threshold` (-inf without candidates), the `silenced` masks and the
-    `candidate_entropies` (one per micro-batch).
+    Returns a dict with `loss`, `grads`, `entropy_threshold` (-inf without candidates), the `silenced` masks, the
+    `candidate_entropies` and the `scores` (log-probs and entropies), one per micro-batch.
     """
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(weights)
@@ -108,4 +118,5 @@ def whole_step_reference(config, weights, micro_batches, prob_threshold, entropy
         "entropy_threshold": tau_h,
         "silenced": silenced,
         "candidate_entropies": candidate_entropies,
+        "scores": [(logps.detach(), entropies.detach()) for logps, entropies in scored],
     }

@@ -76,6 +76,8 @@ def test_two_processes_step_equals_whole_step_reference(tmp_path):
         for step in steps:
             reference = step["reference"]
             assert step["micro_steps_per_rank"] == gradient_accumulation_steps
+            calls = step["scoring_calls_per_rank"]
+            assert calls[0] == calls[1], "every process makes as many scoring calls (ZeRO-3 gathers inside each)"
             for planned, expected in zip(step["silenced"], reference["silenced"], strict=True):
                 assert torch.equal(planned, expected)
             silenced += sum(int(mask.sum()) for mask in reference["silenced"])

@@ -54,6 +54,7 @@ FAIL_FAST = [
     (["--spurious_prob_threshold", "1.5"], "spurious_prob_threshold must be in (0, 1], got 1.5"),
     (["--spurious_entropy_quantile", "-0.1"], "spurious_entropy_quantile must be in [0, 1], got -0.1"),
     (["--spurious_entropy_threshold", "-1"], "spurious_entropy_threshold must be None or >= 0"),
+    (["--spurious_scoring_token_budget", "0"], "spurious_scoring_token_budget must be None"),
     (["--loss_type", "ppo"], "loss_type must be one of dapo, grpo, bnpo, dr_grpo, cispo, sapo, luspo, vespo"),
     (["--use_liger_kernel", "true"], "use_liger_kernel=True is not supported by STAPO"),
     (["--max_completion_length", "0"], "max_completion_length must be a positive number of tokens, got 0"),

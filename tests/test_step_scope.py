@@ -7,11 +7,12 @@ weights and inputs alone. tests/test_multiprocess.py runs the same cases on two 
 
 import pytest
 import torch
-from conftest import addition_dataset, build_trainer, digit_count_reward
+from conftest import addition_dataset, build_trainer, digit_count_reward, hand_batch
 from step_reference import RecordingSTAPOTrainer, whole_step_reference
 from transformers import TrainerCallback
 
-from stapo_trl import STAPOConfig
+from stapo_trl import STAPOConfig, STAPOTrainer
+from stapo_trl.trainer import _STAT, pack_rows
 
 # A random tiny model spreads its probability over ~30 tokens: tau_p = 0.05 makes about half the positive tokens
 # candidates, so every micro-batch holds several and their entropies differ.
@@ -107,12 +108,75 @@ def test_generation_time_pass_is_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", counting)
     trainer = recording_trainer(tmp_path, gradient_accumulation_steps=1, steps_per_generation=2)
     trainer.train()
-    without_gradient = [(step, entropy) for step, grad, entropy in calls if not grad]
-    # step 0: TRL's generation-time pass (with the entropies S2T needs), no scoring pass; step 1: one scoring pass
-    assert without_gradient == [(0, True), (1, True)]
+    # step 0: TRL's generation-time pass (with the entropies S2T needs) and no scoring call; step 1: scoring calls
+    assert [(step, entropy) for step, grad, entropy in calls if not grad] == [(0, True)]
     assert [step for step, grad, _ in calls if grad] == [0, 1]
+    assert [len(step["scoring_calls"]) > 0 for step in trainer.steps] == [False, True]
     first = trainer.steps[0]
     assert torch.equal(first["scores"][0][0], first["inputs"][0]["old_per_token_logps"])
+
+
+def test_scoring_pass_runs_positive_rows_trimmed_in_packed_calls(tmp_path):
+    """Two micro-batches of one step: only the rows with a positive advantage are scored, each trimmed to its prompt +
+    completion tokens, grouped into calls by `pack_rows`; their values are the padded pass's up to rounding."""
+    trainer = build_trainer(STAPOTrainer, STAPOConfig, tmp_path, gradient_accumulation_steps=2)
+    first, second = hand_batch(trainer.processing_class, seed=0), hand_batch(trainer.processing_class, seed=1)
+    second["advantages"] = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    lengths = {
+        (index, row): int(inputs["prompt_mask"][row].sum() + inputs["completion_mask"][row].sum())
+        for index, inputs in enumerate((first, second))
+        for row in range(4)
+    }
+    positive = [(0, 0), (0, 1), (1, 0), (1, 2)]  # advantages 1.0, 0.7 | 0.5, 2.0
+    shapes = []
+    score_call = trainer._score_call
+    trainer._score_call = lambda input_ids, *args: shapes.append(tuple(input_ids.shape)) or score_call(input_ids, *args)
+    trainer.model.train()
+    width = first["prompt_ids"].size(1) + first["completion_ids"].size(1)
+    for budget in (None, 2 * max(lengths.values()), 1):
+        trainer.args.spurious_scoring_token_budget = budget
+        shapes.clear()
+        scores = trainer._score_step([first, second])
+        with torch.no_grad():
+            padded = [trainer._score_whole_micro_batch(inputs) for inputs in (first, second)]
+        assert [score.rows.nonzero().flatten().tolist() for score in scores] == [[0, 1], [0, 2]]
+        calls = pack_rows([lengths[key] for key in positive], 4 * width if budget is None else budget)
+        assert shapes == [(len(call), lengths[positive[call[0]]]) for call in calls]
+        if budget == 1:  # a call per row: nothing but the rows' own tokens
+            assert sum(rows * length for rows, length in shapes) == sum(lengths[key] for key in positive)
+        for score, whole, inputs in zip(scores, padded, (first, second), strict=True):
+            rows = score.rows.unsqueeze(1)
+            mask = inputs["completion_mask"].bool() & rows
+            torch.testing.assert_close(score.per_token_logps[mask], whole.per_token_logps[mask], rtol=0, atol=1e-6)
+            torch.testing.assert_close(score.entropies[mask], whole.entropies[mask], rtol=0, atol=1e-6)
+            assert not score.per_token_logps[~rows.expand_as(mask)].any()
+
+
+def test_pack_rows_fills_calls_longest_first():
+    assert pack_rows([5, 9, 3, 9, 2], 18) == [[1, 3], [0, 2, 4]]
+    assert pack_rows([5, 9, 3, 9, 2], 4) == [[1], [3], [0], [2], [4]]  # a row longer than the budget goes alone
+    assert pack_rows([], 10) == []
+
+
+def test_decisions_equal_the_padded_pass(tmp_path, monkeypatch):
+    """A step decided from the trimmed, packed scoring pass silences the same tokens and keeps the same counts as one
+    decided from every row of every micro-batch as TRL pads it."""
+    trainer = build_trainer(
+        STAPOTrainer, STAPOConfig, tmp_path, gradient_accumulation_steps=2, spurious_prob_threshold=0.05
+    )
+    trainer.model.train()
+    step = [hand_batch(trainer.processing_class, seed=seed) for seed in (0, 1)]
+    packed = trainer._plan_step(step)
+    monkeypatch.setattr(trainer, "_scores_whole_micro_batches", lambda step_inputs: True)
+    padded = trainer._plan_step(step)
+    assert sum(int(decision.silenced.sum()) for decision in padded.decisions) > 0
+    for ours, theirs in zip(packed.decisions, padded.decisions, strict=True):
+        assert torch.equal(ours.silenced, theirs.silenced)
+        assert torch.equal(ours.keep, theirs.keep)
+    counts = [
+        _STAT[name] for name in ("loss_tokens", "scored_tokens", "kept_tokens", "candidate_tokens", "silenced_tokens")
+    ]
+    assert torch.equal(packed.statistics[:, counts], padded.statistics[:, counts])
 
 
 def test_logged_metrics_are_window_sums(tmp_path):
@@ -129,7 +193,14 @@ def test_logged_metrics_are_window_sums(tmp_path):
         silenced_probs, scored_entropies, thresholds = [], [], []
         for step in window:
             step_candidates = []
-            for inputs, (logps, entropies), mask in zip(step["inputs"], step["scores"], step["silenced"], strict=True):
+            # the plan's scores in the rows it scored (positive advantages), the step's own forward in the others
+            scores = [
+                (torch.where(rows[:, None], logps, forward_logps), torch.where(rows[:, None], entropies, forward))
+                for (logps, entropies, rows), (forward_logps, forward) in zip(
+                    step["scores"], reference_of(trainer, step)["scores"], strict=True
+                )
+            ]
+            for inputs, (logps, entropies), mask in zip(step["inputs"], scores, step["silenced"], strict=True):
                 loss_mask = inputs["completion_mask"].bool()
                 found = loss_mask & (inputs["advantages"] > 0).unsqueeze(1) & (logps.exp() < tau_p)
                 step_candidates.append(entropies[found])

@@ -20,6 +20,16 @@ def test_the_qwen3_1_7b_size_has_the_real_parameter_count():
     assert model.config.head_dim == 128 and model.config.tie_word_embeddings
 
 
+def test_the_qwen3_8b_size_has_the_real_parameter_count():
+    # Qwen3-8B-Base by hand: untied input and output embeddings (151936 x 4096 each), 36 layers of q and o (4096 x
+    # 4096), k and v (4096 x 1024: 8 KV heads of 128), the MLP's three 4096 x 12288, two norms of 4096 and the q/k norms
+    # of 128; then the final norm.
+    model = build_qwen3("qwen3-8b", device="meta")
+    per_layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 12288 + 2 * 4096 + 2 * 128
+    assert sum(p.numel() for p in model.parameters()) == 2 * 151936 * 4096 + 36 * per_layer + 4096 == 8_190_735_360
+    assert not model.config.tie_word_embeddings
+
+
 def test_test_size_by_hand():
     tokenizer = build_addition_tokenizer()
     model = build_tiny_qwen3(tokenizer, "test")

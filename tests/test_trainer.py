@@ -10,6 +10,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from stapo_trl import STAPOConfig, STAPOTrainer
 from stapo_trl.s2t import stapo_policy_loss
+from stapo_trl.trainer import PolicyScores
 
 LOSS_TYPES = ["dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo"]
 
@@ -284,8 +285,12 @@ def test_a_lone_candidate_is_silenced_by_the_step_threshold(tmp_path, monkeypatc
     crowded_logps[0, :4] = low_p  # four candidates with entropies 1, 2, 3, 4
     crowded_entropies = torch.zeros(crowded["completion_ids"].shape)
     crowded_entropies[0, :4] = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    scores = {id(lone): (lone_logps, lone_entropies), id(crowded): (crowded_logps, crowded_entropies)}
-    monkeypatch.setattr(trainer, "_score_without_gradient", lambda inputs: scores[id(inputs)])
+    every_row = torch.ones(4, dtype=torch.bool)
+    scores = {
+        id(lone): PolicyScores(lone_logps, lone_entropies, every_row),
+        id(crowded): PolicyScores(crowded_logps, crowded_entropies, every_row),
+    }
+    monkeypatch.setattr(trainer, "_score_step", lambda step_inputs: [scores[id(inputs)] for inputs in step_inputs])
     plan = trainer._plan_step([lone, crowded])
     # candidates' entropies {0.2, 1, 2, 3, 4}: the 0.75-quantile is 3, so 0.2, 1 and 2 are silenced
     assert plan.decisions[0].silenced.nonzero().tolist() == [[0, 0]]

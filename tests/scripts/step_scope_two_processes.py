@@ -25,7 +25,10 @@ def main(output_path):
         steps = []
         for step in trainer.steps:
             every_rank = [None] * 2
-            dist.all_gather_object(every_rank, {"inputs": step["inputs"], "silenced": step["silenced"]})
+            dist.all_gather_object(
+                every_rank,
+                {"inputs": step["inputs"], "silenced": step["silenced"], "scoring_calls": len(step["scoring_calls"])},
+            )
             loss = torch.tensor(step["loss"], dtype=torch.float64)
             dist.all_reduce(loss)
             micro_batches = [micro for rank in every_rank for micro in rank["inputs"]]
@@ -36,6 +39,7 @@ def main(output_path):
                     "grads": step["grads"],
                     "silenced": [mask for rank in every_rank for mask in rank["silenced"]],
                     "micro_steps_per_rank": len(step["inputs"]),
+                    "scoring_calls_per_rank": [rank["scoring_calls"] for rank in every_rank],
                     "reference": reference,
                 }
             )
