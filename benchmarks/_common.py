@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -229,11 +230,12 @@ def build_trainer(
     bf16: bool = False,
     gradient_checkpointing: bool = False,
     loss_type: str = "dapo",
+    **config_overrides,
 ):
     """`GRPOTrainer` or `STAPOTrainer` with identical settings (the paper's DAPO loss, clip-higher, no KL).
 
     The optimizer and scheduler are created right away so that a step can be run by hand with
-    `trainer.training_step` on a prepared batch (see `step_cost.py`).
+    `trainer.training_step` on a prepared batch (see `step_cost.py`). `config_overrides` go to the config.
     """
     from trl import GRPOConfig, GRPOTrainer
 
@@ -259,6 +261,7 @@ def build_trainer(
         max_grad_norm=1.0,
         gradient_checkpointing=gradient_checkpointing,
         disable_dropout=True,
+        **config_overrides,
     )
     if variant == "grpo":
         trainer_class, config = GRPOTrainer, GRPOConfig(**settings)
@@ -284,20 +287,98 @@ def build_trainer(
     return trainer
 
 
-def optimizer_step(trainer, batch: dict) -> None:
-    """One optimizer step on a prepared batch: `training_step` (loss + backward), clipping, AdamW, zero_grad.
+def score_every_row_padded(trainer):
+    """Make a `STAPOTrainer`'s step scope score as it did before it scored only candidate rows: every row of every
+    micro-batch that needs scoring, as TRL pads it, one call per micro-batch (the "before" of the benchmarks)."""
+    trainer._scores_whole_micro_batches = lambda step_inputs: True
+    return trainer
+
+
+def optimizer_step(trainer, *micro_batches: dict) -> None:
+    """One optimizer step over prepared micro-batches: `training_step` (loss + backward) for each, then clipping,
+    AdamW, zero_grad.
 
     With `spurious_stats_scope="step"` the step is first decided as `STAPOTrainer` decides it in training (the
-    gradient-free scoring pass over the step's one micro-batch, then the step-wide S2T decision).
+    gradient-free scoring pass over the step's micro-batches, then the step-wide S2T decision).
     """
     model = trainer.model
-    inputs = clone_batch(batch)
+    inputs = [clone_batch(batch) for batch in micro_batches]
+    trainer.current_gradient_accumulation_steps = len(inputs)
     if getattr(trainer, "_scores_whole_steps", False):
-        trainer._step_plan = trainer._plan_step([inputs])
-    trainer.training_step(model, inputs, batch["num_items_in_batch"])
+        trainer._step_plan = trainer._plan_step(inputs)
+    for batch in inputs:
+        trainer.training_step(model, batch, batch["num_items_in_batch"])
     torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
+
+
+class ScoringCounter:
+    """Counts, per optimizer step of a `STAPOTrainer` with `spurious_stats_scope="step"`, the scoring pass: positions
+    through the model (rows x padded length, padding included), model calls and time, and the floor of what it must
+    score (the unpadded prompt + completion tokens of the A > 0 completions of the micro-batches that need scoring).
+
+    It wraps the trainer's `_plan_step` and counts the calls of the decoder backbone made inside it.
+    """
+
+    def __init__(self, trainer):
+        from stapo_trl.trainer import _SCORED_AT_STEP, _STAT
+
+        self.steps = []
+        self._planning = False
+        trainer.model.get_decoder().register_forward_pre_hook(self._count_call, with_kwargs=True)
+        plan_step = trainer._plan_step
+
+        def counted_plan_step(step_inputs):
+            needed = [
+                inputs
+                for inputs in step_inputs
+                if inputs.get(_SCORED_AT_STEP) is None or int(inputs[_SCORED_AT_STEP][0]) != trainer.state.global_step
+            ]
+            floor = 0
+            for inputs in needed:
+                loss_tokens = inputs["completion_mask"].sum(dim=1)
+                positive = (inputs["advantages"] > 0) & (loss_tokens > 0)
+                floor += int((inputs["prompt_mask"].sum(dim=1) + loss_tokens)[positive].sum())
+            self.steps.append(
+                {
+                    "step": trainer.state.global_step + 1,
+                    "micro_batches_needing_scoring": len(needed),
+                    "scoring_positions": 0,
+                    "scoring_calls": 0,
+                    "floor_tokens": floor,
+                    "rows": sum(inputs["advantages"].numel() for inputs in step_inputs),
+                    "positive_rows": sum(int((inputs["advantages"] > 0).sum()) for inputs in step_inputs),
+                    "padded_positions": sum(
+                        inputs["prompt_ids"].numel() + inputs["completion_ids"].numel() for inputs in step_inputs
+                    ),
+                }
+            )
+            synchronize()
+            start = time.perf_counter()
+            self._planning = True
+            try:
+                plan = plan_step(step_inputs)
+                synchronize()
+            finally:
+                self._planning = False
+            self.steps[-1]["plan_s"] = time.perf_counter() - start
+            self.steps[-1]["silenced"] = [decision.silenced.nonzero().tolist() for decision in plan.decisions]
+            self.steps[-1]["kept_tokens"] = int(plan.statistics[:, _STAT["kept_tokens"]].sum())
+            return plan
+
+        trainer._plan_step = counted_plan_step
+
+    def _count_call(self, module, args, kwargs):
+        if self._planning:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            self.steps[-1]["scoring_positions"] += ids.numel()
+            self.steps[-1]["scoring_calls"] += 1
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def run_python(args: list[str], timeout: float | None = None) -> str:

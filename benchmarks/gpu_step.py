@@ -1,188 +1,320 @@
-"""One GPU, a Qwen3-1.7B-architecture model: STAPO vs GRPO step time, tokens/s and peak memory.
+"""One GPU, the Qwen3-8B architecture: what the paper's rule (`spurious_stats_scope="step"`) costs in an RL step.
 
-Random weights from the real Qwen3-1.7B-Base configuration (no download), fp32 master weights with bf16 autocast
-(TRL's `bf16=True`; `--pure-bf16` loads the weights in bf16 instead), activation (gradient) checkpointing, a
-micro-batch of `--batch-size` completions of 4096 and 8192 tokens after a 512-token prompt. For each completion
-length, `GRPOTrainer` and `STAPOTrainer` (S2T on) run in fresh processes, alternately (`--repeats` each), so that
-neither inherits the other's allocator state; each process times `--steps` optimizer steps on a fixed batch after
-`--warmup` (as `step_cost.py` does: `training_step` + clipping + AdamW), and reads `torch.cuda.max_memory_allocated`.
+One process builds a real-size model from its configuration with random weights (Qwen3-8B-Base's architecture by
+default, bf16 weights, SDPA attention, activation checkpointing) and times, on identical weights and identical
+batches, interleaved round by round in a rotating order, whole optimizer steps of:
 
-NOT RUN YET: this repository was measured on CPU-only machines. Run it on a GPU machine:
+- `grpo`: TRL's `GRPOTrainer`;
+- `micro_batch`: `STAPOTrainer`, S2T on, `spurious_stats_scope="micro_batch"` (no scoring pass);
+- `step_before`: `STAPOTrainer`, `"step"`, scoring every row of every micro-batch as TRL pads it, one call each
+  (the pass before it scored only candidate rows: `score_every_row_padded`);
+- `step`: `STAPOTrainer`, `"step"`, as shipped (A > 0 rows, trimmed, packed).
 
-    python benchmarks/gpu_step.py                # writes benchmarks/results/gpu_step.json
-    python benchmarks/gpu_step.py --dry-run      # what it would run (works on CPU)
+An optimizer step is `--gradient-accumulation-steps` micro-batches of `--micro-batch-size` completions (TRL's loss and
+backward each), gradient clipping and one optimizer step; all four trainers share the model and one AdamW at learning
+rate 0, so the weights never change (the AdamW kernels still run). The batches have the shape of the paper's runs: a
+generation batch of `--updates-per-generation` optimizer steps of completions, `--num-generations` per prompt, with
+log-normal completion lengths (mean `--mean-completion-length`, long tail, cut at `--max-completion-length`: the
+truncated ones), prompts of `--prompt-lengths`, a +-1 reward (each prompt right with a chance drawn uniformly, a
+truncated completion wrong) and group-normalised advantages, so that some groups have A = 0; TRL pads the generation
+batch to its longest prompt and completion, shuffles it and splits it into micro-batches, and so does this script.
+Every timed step needs the scoring pass (in training the first update after a generation takes TRL's generation-time
+pass instead).
 
-Without a CUDA device it refuses (exit code 2) and runs nothing.
+Reported per variant: median step time, peak `torch.cuda.max_memory_allocated`; for the step scope, the scoring pass's
+time, positions (padding included) and calls per step. Generation: `model.generate` of `--generate-tokens` new tokens
+for the generation batch's prompts (sampling, KV cache), giving a decoding time per token step; a generation batch
+takes about that times its longest completion (a lower bound: attention over a longer cache costs more). From these,
+each variant's share of an RL step (one generation + `--updates-per-generation` optimizer steps, the first of which
+needs no scoring pass). HF `generate` is slower than vLLM: the generation share it gives is an upper bound; the README's
+cost model takes the generation share as a parameter.
+
+    python benchmarks/gpu_step.py        # one H100/H200: a few minutes; writes results/gpu_step.json
+    python benchmarks/gpu_step.py --device cpu --model-size test ...   # the tiny CPU run of benchmarks/tests
+
+Without a CUDA device and without `--device cpu` it refuses (exit code 2) before building anything.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import math
+import random
+import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 
-from stapo_trl.tiny import QWEN3_SIZES  # noqa: E402
+from _common import (
+    ScoringCounter,
+    build_qwen3,
+    build_trainer,
+    load_average,
+    optimizer_step,
+    score_every_row_padded,
+    summary,
+    synchronize,
+    write_result,
+)
 
-# Random weights in the architecture of Qwen/Qwen3-1.7B-Base.
-MODEL_SIZE = "qwen3-1.7b"
-VOCAB_SIZE = QWEN3_SIZES[MODEL_SIZE]["vocab_size"]
-VARIANTS = ("grpo", "stapo_s2t_on")
+VARIANTS = ("grpo", "micro_batch", "step_before", "step")
+STEP_SCOPE = ("step_before", "step")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--completion-lengths", type=int, nargs="+", default=[4096, 8192])
-    parser.add_argument("--prompt-length", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=1, help="completions per micro-batch (the recipes use 1)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2, help="fresh processes per variant and length")
-    parser.add_argument("--pure-bf16", action="store_true", help="bf16 weights (no fp32 master copy)")
+    parser.add_argument("--model-size", default="qwen3-8b", help="a size of stapo_trl.tiny.QWEN3_SIZES")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--micro-batch-size", type=int, default=1)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=8)
+    parser.add_argument("--updates-per-generation", type=int, default=4)
+    parser.add_argument("--num-generations", type=int, default=8)
+    parser.add_argument("--mean-completion-length", type=int, default=3000)
+    parser.add_argument("--max-completion-length", type=int, default=8192)
+    parser.add_argument("--length-spread", type=float, default=0.8, help="sigma of the log-normal completion lengths")
+    parser.add_argument("--prompt-lengths", type=int, nargs=2, default=[128, 768], metavar=("MIN", "MAX"))
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (every variant steps once per round)")
+    parser.add_argument("--rounds", type=int, default=4, help="timed rounds")
+    parser.add_argument("--generate-tokens", type=int, default=128, help="new tokens per completion for `generate`")
     parser.add_argument("--no-gradient-checkpointing", action="store_true")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and the model size; run nothing")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None)
-    parser.add_argument("--child", nargs=2, metavar=("VARIANT", "LENGTH"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
-def parameter_count() -> int:
-    """Parameters of the 1.7B configuration, built on the meta device (no memory)."""
-    from stapo_trl.tiny import build_qwen3
+def generation_batch(args, vocab_size: int, device) -> list[list[dict]]:
+    """The optimizer steps of one generation batch, each a list of micro-batches as TRL hands them to the loss."""
+    generator = random.Random(args.seed)
+    steps = args.updates_per_generation
+    completions = args.micro_batch_size * args.gradient_accumulation_steps * steps
+    groups = completions // args.num_generations
+    sigma = args.length_spread
+    mu = math.log(args.mean_completion_length) - sigma**2 / 2  # a log-normal of this mean
+    prompt_lengths, completion_lengths, rewards = [], [], []
+    for _ in range(groups):
+        prompt = generator.randint(*args.prompt_lengths)
+        chance = generator.random()
+        for _ in range(args.num_generations):
+            length = min(max(1, round(generator.lognormvariate(mu, sigma))), args.max_completion_length)
+            prompt_lengths.append(prompt)
+            completion_lengths.append(length)
+            right = length < args.max_completion_length and generator.random() < chance
+            rewards.append(1.0 if right else -1.0)
+    grouped = torch.tensor(rewards).view(groups, args.num_generations)
+    advantages = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1)
+    width_p, width_c = max(prompt_lengths), max(completion_lengths)
+    torch_generator = torch.Generator().manual_seed(args.seed)
+    prompt_ids = torch.randint(3, vocab_size, (completions, width_p), generator=torch_generator)
+    completion_ids = torch.randint(3, vocab_size, (completions, width_c), generator=torch_generator)
+    prompt_mask = torch.zeros_like(prompt_ids)
+    completion_mask = torch.zeros_like(completion_ids)
+    for row, (prompt, completion) in enumerate(zip(prompt_lengths, completion_lengths, strict=True)):
+        prompt_mask[row, width_p - prompt :] = 1  # left padding
+        completion_mask[row, :completion] = 1  # right padding
+    prompt_ids[prompt_mask == 0] = 0
+    completion_ids[completion_mask == 0] = 0
+    order = torch.randperm(completions, generator=torch_generator)  # TRL shuffles the generation batch
+    batch = {
+        "prompt_ids": prompt_ids[order],
+        "prompt_mask": prompt_mask[order],
+        "completion_ids": completion_ids[order],
+        "completion_mask": completion_mask[order],
+        "advantages": advantages[order],
+    }
+    micro_batches = []
+    for start in range(0, completions, args.micro_batch_size):
+        micro = {key: value[start : start + args.micro_batch_size].to(device) for key, value in batch.items()}
+        micro_batches.append(micro)
+    per_step = args.gradient_accumulation_steps
+    step_batches = [micro_batches[index : index + per_step] for index in range(0, len(micro_batches), per_step)]
+    for step in step_batches:  # TRL's global token count: here the step's (one process)
+        tokens = sum(micro["completion_mask"].sum() for micro in step)
+        for micro in step:
+            micro["num_items_in_batch"] = tokens
+    return step_batches
 
-    model = build_qwen3(MODEL_SIZE, device="meta")
-    return sum(p.numel() for p in model.parameters())  # shared (tied) parameters are listed once
 
-
-def plan(args) -> list[tuple[str, int]]:
-    runs = []
-    for length in args.completion_lengths:
-        for repeat in range(args.repeats):
-            order = VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]
-            runs.extend((variant, length) for variant in order)
-    return runs
-
-
-def child(args, variant: str, completion_length: int) -> dict:
-    import time
-
-    from _common import build_qwen3, build_trainer, optimizer_step, random_batch
-
-    torch.manual_seed(0)
-    dtype = torch.bfloat16 if args.pure_bf16 else torch.float32
+def build(args, device, dtype):
     model = build_qwen3(
-        MODEL_SIZE,
-        max_position_embeddings=40960,
+        args.model_size,
+        seed=args.seed,
         dtype=dtype,
-        device="cuda",
+        device=device,
         attn_implementation="sdpa",
+        max_position_embeddings=max(args.prompt_lengths) + args.max_completion_length + args.generate_tokens,
     )
-    checkpointing = not args.no_gradient_checkpointing
-    trainer = build_trainer(
-        variant,
-        model,
-        batch_size=args.batch_size,
-        num_generations=args.batch_size,
-        completion_length=completion_length,
-        bf16=True,
-        gradient_checkpointing=checkpointing,
-    )
-    trainer.model.to("cuda")
-    if checkpointing:
-        trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if args.batch_size == 1:
-        batch = _single_batch(args, completion_length)
-    else:  # one group of `batch_size` completions, full length
-        batch = random_batch(args.batch_size, args.prompt_length, completion_length, VOCAB_SIZE,
-                             num_generations=args.batch_size, device="cuda", min_completion_fraction=1.0)
-    times = []
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
-            torch.cuda.reset_peak_memory_stats()
-        torch.cuda.synchronize()
+    trainers = {}
+    for variant in VARIANTS:
+        trainer = build_trainer(
+            "grpo" if variant == "grpo" else "stapo_s2t_on_micro_batch" if variant == "micro_batch" else "stapo_s2t_on",
+            model,
+            batch_size=args.micro_batch_size,
+            num_generations=args.num_generations,
+            completion_length=args.max_completion_length,
+            bf16=dtype == torch.bfloat16,
+            gradient_checkpointing=not args.no_gradient_checkpointing,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            steps_per_generation=args.gradient_accumulation_steps * args.updates_per_generation,
+        )
+        if variant == "step_before":
+            score_every_row_padded(trainer)
+        trainers[variant] = trainer
+    if not args.no_gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # One optimizer for all, at learning rate 0: every variant steps on the same weights.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, fused=device.type == "cuda")
+    for trainer in trainers.values():
+        trainer.optimizer = optimizer
+    return model, trainers
+
+
+def peak_memory_bytes(device) -> int | None:
+    return torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+
+
+def time_generation(args, model, steps, device) -> dict:
+    """`model.generate` of `--generate-tokens` new tokens for every prompt of the generation batch, sampling."""
+    prompts = [micro for step in steps for micro in step]
+    prompt_ids = torch.cat([micro["prompt_ids"] for micro in prompts])
+    prompt_mask = torch.cat([micro["prompt_mask"] for micro in prompts])
+    model.eval()
+    try:
+        synchronize()
         start = time.perf_counter()
-        optimizer_step(trainer, batch)
-        torch.cuda.synchronize()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-    times.sort()
-    median = times[len(times) // 2]
-    tokens = int(batch["completion_mask"].sum()) + int(batch["prompt_mask"].sum())
+        with torch.no_grad():
+            output = model.generate(
+                input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, max_new_tokens=args.generate_tokens,
+                min_new_tokens=args.generate_tokens, pad_token_id=0, eos_token_id=None,
+            )  # fmt: skip
+        synchronize()
+        elapsed = time.perf_counter() - start
+    finally:
+        model.train()
+    new_tokens = output.size(1) - prompt_ids.size(1)
+    longest = max(int(micro["completion_mask"].sum(1).max()) for micro in prompts)
+    per_token_step = elapsed / new_tokens
     return {
-        "variant": variant,
-        "completion_length": completion_length,
-        "step_times_s": times,
-        "median_step_s": median,
-        "tokens_per_step": tokens,
-        "tokens_per_s": tokens / median,
-        "max_memory_allocated_bytes": torch.cuda.max_memory_allocated(),
-        "max_memory_reserved_bytes": torch.cuda.max_memory_reserved(),
-        "gpu": torch.cuda.get_device_name(0),
+        "sequences": prompt_ids.size(0),
+        "new_tokens": new_tokens,
+        "seconds": elapsed,
+        "seconds_per_token_step": per_token_step,
+        "longest_completion": longest,
+        "generation_batch_s_estimate": per_token_step * longest,
     }
 
 
-def _single_batch(args, completion_length):
-    """Batch 1: a positive advantage, so that S2T has candidates (an all-zero advantage would skip nothing)."""
-    from _common import random_batch
-
-    batch = random_batch(2, args.prompt_length, completion_length, VOCAB_SIZE, 2, device="cuda",
-                         min_completion_fraction=1.0)
-    batch = {k: (v[:1] if k != "num_items_in_batch" else v) for k, v in batch.items()}
-    batch["advantages"] = torch.ones(1, device="cuda")
-    batch["num_items_in_batch"] = batch["completion_mask"].sum()
-    return batch
-
-
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.child:
-        print(json.dumps(child(args, args.child[0], int(args.child[1]))))
-        return 0
-    runs = plan(args)
-    print(
-        f"Qwen3-1.7B architecture ({parameter_count() / 1e9:.2f}B parameters, random weights), "
-        f"{'bf16 weights' if args.pure_bf16 else 'fp32 master weights + bf16 autocast'}, gradient checkpointing "
-        f"{'off' if args.no_gradient_checkpointing else 'on'}, micro-batch {args.batch_size} x (prompt "
-        f"{args.prompt_length} + completion {args.completion_lengths}); {len(runs)} fresh processes: {runs}"
-    )
-    if args.dry_run:
-        return 0
-    if not torch.cuda.is_available():
-        print("No CUDA device: this benchmark measures a GPU step and has not been run here. Nothing was run.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("No CUDA device: this benchmark measures a GPU step; nothing was run. (`--device cpu` runs it on CPU.)")
         return 2
-    from _common import run_python, summary, write_result
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    started = time.perf_counter()
+    model, trainers = build(args, device, dtype)
+    parameters = sum(p.numel() for p in model.parameters())
+    steps = generation_batch(args, model.config.vocab_size, device)
+    lengths = [int(length) for step in steps for micro in step for length in micro["completion_mask"].sum(1)]
+    positive = sum(int((micro["advantages"] > 0).sum()) for step in steps for micro in step) / len(lengths)
+    truncated = sum(length >= args.max_completion_length for length in lengths) / len(lengths)
+    print(
+        f"{args.model_size}: {parameters:,} parameters, {dtype}, {device}, activation checkpointing "
+        f"{'off' if args.no_gradient_checkpointing else 'on'}; {len(steps)} optimizer steps of "
+        f"{args.gradient_accumulation_steps} x {args.micro_batch_size} completions: mean completion "
+        f"{statistics.mean(lengths):.0f} tokens, max {max(lengths)}, {truncated:.0%} truncated, A > 0 {positive:.0%}; "
+        f"padded width {steps[0][0]['prompt_ids'].size(1)} + {steps[0][0]['completion_ids'].size(1)}; built in "
+        f"{time.perf_counter() - started:.0f} s; load average {load_average()}",
+        flush=True,
+    )
+    counters = {variant: ScoringCounter(trainers[variant]) for variant in STEP_SCOPE}
+    times = {variant: [] for variant in VARIANTS}
+    peaks = dict.fromkeys(VARIANTS, 0)
+    for round_index in range(args.warmup + args.rounds):
+        step = steps[round_index % len(steps)]
+        shift = round_index % len(VARIANTS)
+        for variant in VARIANTS[shift:] + VARIANTS[:shift]:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            synchronize()
+            start = time.perf_counter()
+            optimizer_step(trainers[variant], *step)
+            synchronize()
+            elapsed = time.perf_counter() - start
+            if round_index >= args.warmup:
+                times[variant].append(elapsed)
+                peaks[variant] = max(peaks[variant], peak_memory_bytes(device) or 0)
+        label = "warm-up" if round_index < args.warmup else "timed"
+        print(f"round {round_index} ({label}) done at {time.perf_counter() - started:.0f} s", flush=True)
+    generation = time_generation(args, model, steps, device)
 
-    results = []
-    for variant, length in runs:
-        out = run_python([str(Path(__file__).resolve()), *argv, "--child", variant, str(length)])
-        results.append(json.loads(out.strip().splitlines()[-1]))
-        r = results[-1]
-        print(
-            f"{variant:14s} T={length}: {r['median_step_s']:.3f} s/step, {r['tokens_per_s']:.0f} tokens/s, peak "
-            f"{r['max_memory_allocated_bytes'] / 2**30:.2f} GiB",
-            flush=True,
+    timing = {variant: summary(values) for variant, values in times.items()}
+    median = {variant: timing[variant]["median"] for variant in VARIANTS}
+    scoring = {}
+    for variant in STEP_SCOPE:
+        timed = counters[variant].steps[args.warmup :]
+        scoring[variant] = {
+            "scoring_s": summary([step["plan_s"] for step in timed]),
+            "scoring_positions_per_step": statistics.mean(step["scoring_positions"] for step in timed),
+            "scoring_calls_per_step": statistics.mean(step["scoring_calls"] for step in timed),
+            "floor_tokens_per_step": statistics.mean(step["floor_tokens"] for step in timed),
+            "padded_positions_per_step": statistics.mean(step["padded_positions"] for step in timed),
+            "share_of_step": statistics.median(step["plan_s"] for step in timed) / median[variant],
+        }
+    same_decisions = [step["silenced"] for step in counters["step"].steps] == [
+        step["silenced"] for step in counters["step_before"].steps
+    ]
+    updates = args.updates_per_generation
+    # An RL step: one generation and `updates` optimizer steps, of which the first needs no scoring pass.
+    rl_step = {
+        variant: generation["generation_batch_s_estimate"] + updates * median[variant]
+        - (scoring[variant]["scoring_s"]["median"] if variant in STEP_SCOPE else 0.0)
+        for variant in VARIANTS
+    }  # fmt: skip
+    result = {
+        "step_time_s": timing,
+        "step_over_grpo": {variant: median[variant] / median["grpo"] for variant in VARIANTS},
+        "step_over_micro_batch": {variant: median[variant] / median["micro_batch"] for variant in STEP_SCOPE},
+        "peak_memory_allocated_bytes": peaks if device.type == "cuda" else None,
+        "scoring": scoring,
+        "same_silenced_tokens": same_decisions,
+        "generation": generation,
+        "rl_step_s": rl_step,
+        "rl_step_over_grpo": {variant: rl_step[variant] / rl_step["grpo"] for variant in VARIANTS},
+        "generation_share_of_grpo_rl_step": generation["generation_batch_s_estimate"] / rl_step["grpo"],
+        "completion_lengths": {"mean": statistics.mean(lengths), "max": max(lengths), "truncated_share": truncated},
+        "positive_share": positive,
+        "parameters": parameters,
+        "wall_s": time.perf_counter() - started,
+    }
+    print(
+        "\nvariant      step (median)  x GRPO   peak memory   scoring per step (positions, calls)   "
+        "x GRPO in an RL step"
+    )
+    for variant in VARIANTS:
+        peak = f"{peaks[variant] / 2**30:8.1f} GiB" if device.type == "cuda" else "       -    "
+        scored = (
+            f"{scoring[variant]['scoring_s']['median']:.3f} s ({scoring[variant]['share_of_step']:.1%} of the step; "
+            f"{scoring[variant]['scoring_positions_per_step']:.0f}, {scoring[variant]['scoring_calls_per_step']:.1f})"
+            if variant in STEP_SCOPE
+            else "-"
         )
-    table = {}
-    for length in args.completion_lengths:
-        entry = {}
-        for variant in VARIANTS:
-            rows = [r for r in results if r["variant"] == variant and r["completion_length"] == length]
-            entry[variant] = {
-                "step_s": summary([r["median_step_s"] for r in rows]),
-                "tokens_per_s": summary([r["tokens_per_s"] for r in rows]),
-                "peak_allocated_gib": max(r["max_memory_allocated_bytes"] for r in rows) / 2**30,
-            }
-        entry["step_time_ratio"] = entry["stapo_s2t_on"]["step_s"]["median"] / entry["grpo"]["step_s"]["median"]
-        entry["peak_memory_ratio"] = entry["stapo_s2t_on"]["peak_allocated_gib"] / entry["grpo"]["peak_allocated_gib"]
-        table[length] = entry
-        print(f"T={length}: step-time ratio STAPO/GRPO {entry['step_time_ratio']:.4f}, peak-memory ratio "
-              f"{entry['peak_memory_ratio']:.4f}")
-    write_result("gpu_step", {"settings": vars(args), "runs": results, "summary": table}, output=args.output)
+        print(
+            f"{variant:12s} {median[variant]:10.3f} s  {result['step_over_grpo'][variant]:6.3f}  {peak}   {scored:36s}"
+            f"  {result['rl_step_over_grpo'][variant]:.4f}"
+        )
+    print(
+        f"A > 0 floor per step: {scoring['step']['floor_tokens_per_step']:.0f} tokens; same silenced tokens before "
+        f"and after: {same_decisions}\ngeneration: {generation['seconds']:.1f} s for {generation['new_tokens']} tokens "
+        f"x {generation['sequences']} sequences ({generation['seconds_per_token_step'] * 1e3:.1f} ms per token step); "
+        f"the generation batch (longest completion {generation['longest_completion']}) ~"
+        f"{generation['generation_batch_s_estimate']:.0f} s = {result['generation_share_of_grpo_rl_step']:.0%} of a "
+        f"GRPO RL step of {updates} updates\nwall time {result['wall_s']:.0f} s; load average {load_average()}"
+    )
+    write_result("gpu_step", {"settings": vars(args), **result}, output=args.output)
     return 0
 
 

@@ -9,11 +9,6 @@ identical copy of the model and sees the same batch at every step; the trainers 
 rotating order, so that background load on a shared machine hits all of them alike. The figure is the median over
 the timed rounds, after warm-up rounds.
 
-Also measured: whole RL steps with generation (`trainer.train()` on the tiny character model, sampling included)
-under `spurious_stats_scope="step"` and `"micro_batch"`, at steps_per_generation = GA (every step scored again) and
-steps_per_generation = 4 x GA (the paper's 4 updates per generation: the first update of each generation reuses TRL's
-generation-time pass), to put the step scope's extra forward next to the rest of an RL step.
-
 Also measured, on untimed steps:
 - forward passes per step (a pre-hook counts calls of the decoder backbone, for each trainer on the same step);
 - the largest tensor created by STAPO's own code (a `TorchDispatchMode` records the shape of every tensor produced
@@ -37,7 +32,6 @@ import copy
 import gc
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -58,6 +52,7 @@ from _common import (
     peak_rss_bytes,
     random_batch,
     summary,
+    synchronize,
     write_result,
 )
 
@@ -147,11 +142,6 @@ def make_batch(args):
         seed=0,
         device=device(),
     )
-
-
-def synchronize():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -437,60 +427,6 @@ def rss_in_fresh_processes(args, argv) -> dict:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _digit_reward(completions, **kwargs):
-    return [float(sum(character.isdigit() for character in completion)) for completion in completions]
-
-
-def rl_steps_with_generation(repeats=2, max_steps=4) -> dict:
-    """Wall time of `trainer.train()` (generation + scoring + updates) under each scope, interleaved."""
-    from datasets import Dataset
-
-    from _common import char_tokenizer
-    from stapo_trl import STAPOConfig, STAPOTrainer
-    from stapo_trl.tiny import build_tiny_qwen3
-
-    tokenizer = char_tokenizer()
-    dataset = Dataset.from_list([{"prompt": f"What is {a}+{b}?"} for a in range(10) for b in range(10)])
-    results = {}
-    for steps_per_generation in (4, 16):
-        times = {"step": [], "micro_batch": []}
-        for repeat in range(repeats):
-            for scope in ("step", "micro_batch") if repeat % 2 == 0 else ("micro_batch", "step"):
-                config = STAPOConfig(
-                    output_dir=tempfile.mkdtemp(prefix="bench-rl-"), bf16=False, use_cpu=not torch.cuda.is_available(),
-                    report_to=[], per_device_train_batch_size=8, num_generations=8, gradient_accumulation_steps=4,
-                    steps_per_generation=steps_per_generation, max_completion_length=32, max_steps=max_steps,
-                    logging_steps=max_steps, save_strategy="no", seed=0, disable_tqdm=True,
-                    spurious_prob_threshold=0.05, spurious_stats_scope=scope,
-                )  # fmt: skip
-                trainer = STAPOTrainer(
-                    model=build_tiny_qwen3(tokenizer, max_position_embeddings=64).to(device()),
-                    reward_funcs=_digit_reward,
-                    args=config,
-                    train_dataset=dataset,
-                    processing_class=tokenizer,
-                )
-                synchronize()
-                start = time.perf_counter()
-                trainer.train()
-                synchronize()
-                times[scope].append(time.perf_counter() - start)
-        ratio = summary(times["step"])["median"] / summary(times["micro_batch"])["median"]
-        results[f"steps_per_generation_{steps_per_generation}"] = {
-            "gradient_accumulation_steps": 4,
-            "optimizer_steps": max_steps,
-            "train_s": {scope: summary(values) for scope, values in times.items()},
-            "step_over_micro_batch": ratio,
-        }
-        print(
-            f"RL steps with generation, GA 4, steps_per_generation {steps_per_generation}: train() step "
-            f"{summary(times['step'])['median']:.1f}s vs micro_batch {summary(times['micro_batch'])['median']:.1f}s "
-            f"(x{ratio:.3f})",
-            flush=True,
-        )
-    return results
-
-
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -544,8 +480,6 @@ def main(argv=None):
     }
     ratios = {variant: timing[variant]["median"] / base for variant in VARIANTS}
     target = GPU_TARGET if dev.type == "cuda" else CPU_TARGET
-
-    rl_steps = rl_steps_with_generation(repeats=1 if args.quick else 2, max_steps=2 if args.quick else 4)
 
     # 2. Forward passes per step.
     forward_counts = {variant: count_forward_passes(trainers[variant], batch) for variant in VARIANTS}
@@ -653,7 +587,6 @@ def main(argv=None):
             "target_overhead": target,
             "stapo_overhead": overhead,
             "step_scope_over_micro_batch_scope": step_scope_ratio,
-            "rl_steps_with_generation": rl_steps,
             "forward_passes_per_step": forward_counts,
             "tensor_check": tensors,
             "memory": memory,

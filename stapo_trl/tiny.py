@@ -70,11 +70,14 @@ QWEN3_SIZES: dict[str, dict[str, int]] = {
     "test": _size(32, 2, 2, 1, 64, max_position_embeddings=128),
     # The architecture of Qwen/Qwen3-1.7B-Base (its config.json), with random weights: the GPU benchmarks.
     "qwen3-1.7b": _size(2048, 28, 16, 8, 6144, head_dim=128, vocab_size=151936),
+    # The architecture of Qwen/Qwen3-8B-Base (its config.json: untied embeddings), with random weights.
+    "qwen3-8b": _size(4096, 36, 32, 8, 12288, head_dim=128, vocab_size=151936, tie_word_embeddings=False),
 }
 
 
 def qwen3_config(size: str = "tiny", **overrides) -> Qwen3Config:
-    """The `Qwen3Config` of a named size (`QWEN3_SIZES`), tied embeddings, no BOS token; `overrides` win."""
+    """The `Qwen3Config` of a named size (`QWEN3_SIZES`), tied embeddings unless the size unties them, no BOS token;
+    `overrides` win."""
     if size not in QWEN3_SIZES:
         raise ValueError(f"size: unknown model size {size!r}; accepted: {', '.join(QWEN3_SIZES)}")
     fields = {"tie_word_embeddings": True, "bos_token_id": None, **QWEN3_SIZES[size], **overrides}

@@ -22,18 +22,54 @@ def run(script, *args):
     )
 
 
-def test_gpu_step_dry_run_parses_and_sizes_the_model():
-    out = run("gpu_step.py", "--dry-run")
-    assert out.returncode == 0, out.stderr
-    assert "1.72B parameters" in out.stdout
-    assert "('grpo', 4096)" in out.stdout and "('stapo_s2t_on', 8192)" in out.stdout
+def test_gpu_step_runs_end_to_end_on_cpu(tmp_path):
+    """The GPU benchmark's whole path (model, trainers, interleaved steps, scoring counts, generation, report) on a
+    tiny model on CPU."""
+    output = tmp_path / "gpu_step.json"
+    out = run(
+        "gpu_step.py", "--device", "cpu", "--model-size", "test", "--micro-batch-size", "2",
+        "--gradient-accumulation-steps", "2", "--updates-per-generation", "2", "--num-generations", "2",
+        "--mean-completion-length", "24",
+        "--max-completion-length", "32", "--prompt-lengths", "4", "12", "--rounds", "2", "--generate-tokens", "4",
+        "--output", str(output),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    result = json.loads(output.read_text())
+    assert sorted(result["step_time_s"]) == sorted(["grpo", "micro_batch", "step_before", "step"])
+    assert all(timing["n"] == 2 and timing["median"] > 0 for timing in result["step_time_s"].values())
+    before, after = result["scoring"]["step_before"], result["scoring"]["step"]
+    # before: every row of the 2 micro-batches of each step, padded, one call each; after: A > 0 rows, trimmed
+    assert before["scoring_calls_per_step"] == 2
+    assert before["scoring_positions_per_step"] == before["padded_positions_per_step"]
+    assert after["floor_tokens_per_step"] <= after["scoring_positions_per_step"] < before["scoring_positions_per_step"]
+    assert result["same_silenced_tokens"] is True
+    assert result["generation"]["new_tokens"] == 4 and result["generation"]["sequences"] == 8
+    assert 0 < result["generation_share_of_grpo_rl_step"] < 1
+    assert 0 < result["completion_lengths"]["truncated_share"] < 1 and 0 < result["positive_share"] < 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_gpu_step_refuses_without_a_gpu():
-    out = run("gpu_step.py", "--steps", "1")
+    out = run("gpu_step.py", "--rounds", "1")
     assert out.returncode == 2
-    assert "No CUDA device" in out.stdout and "Nothing was run" in out.stdout
+    assert "No CUDA device" in out.stdout and "nothing was run" in out.stdout
+
+
+def test_scoring_tokens_counts_both_passes_in_a_training_run(tmp_path):
+    output = tmp_path / "scoring.json"
+    out = run(
+        "scoring_tokens.py", "--max-steps", "4", "--gradient-accumulation-steps", "2", "--updates-per-generation", "2",
+        "--num-generations", "4", "--max-completion-length", "48", "--min-completion-length", "4",
+        "--output", str(output),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    result = json.loads(output.read_text())
+    summary = result["summary"]
+    before, after = summary["per_variant"]["before"], summary["per_variant"]["after"]
+    assert before["steps_needing_scoring"] == after["steps_needing_scoring"] == 2  # steps 2 and 4
+    assert before["scoring_calls_per_scored_step"] == 2  # one per micro-batch
+    assert after["floor_tokens_total"] <= after["scoring_positions_total"] < before["scoring_positions_total"]
+    assert summary["same_completions"] and summary["same_silenced_tokens"]
 
 
 def test_memory_estimate_runs_and_counts_the_published_parameters(tmp_path):
