@@ -211,11 +211,12 @@ def _zero_reward(completions, **kwargs):
     return [0.0 for _ in completions]
 
 
-VARIANTS = ("grpo", "stapo_s2t_off", "stapo_s2t_on_micro_batch", "stapo_s2t_on")
+VARIANTS = ("grpo", "stapo_s2t_off", "stapo_s2t_on_micro_batch", "stapo_s2t_on_step_before", "stapo_s2t_on")
 VARIANT_LABELS = {
     "grpo": "TRL GRPOTrainer",
     "stapo_s2t_off": "STAPOTrainer, S2T off",
     "stapo_s2t_on_micro_batch": "STAPO, S2T on, micro_batch",
+    "stapo_s2t_on_step_before": "STAPO, S2T on, step, scoring every row padded (before)",
     "stapo_s2t_on": "STAPO, S2T on, step",
 }
 
@@ -265,7 +266,7 @@ def build_trainer(
     )
     if variant == "grpo":
         trainer_class, config = GRPOTrainer, GRPOConfig(**settings)
-    elif variant in ("stapo_s2t_on", "stapo_s2t_on_micro_batch", "stapo_s2t_off"):
+    elif variant in ("stapo_s2t_on", "stapo_s2t_on_step_before", "stapo_s2t_on_micro_batch", "stapo_s2t_off"):
         scope = "micro_batch" if variant == "stapo_s2t_on_micro_batch" else "step"
         config = STAPOConfig(
             silence_spurious_tokens=variant != "stapo_s2t_off", spurious_stats_scope=scope, **settings
@@ -280,6 +281,8 @@ def build_trainer(
         train_dataset=_dummy_dataset(max(16, batch_size)),
         processing_class=char_tokenizer(),
     )
+    if variant == "stapo_s2t_on_step_before":
+        score_every_row_padded(trainer)
     trainer.create_optimizer_and_scheduler(num_training_steps=1000)
     trainer.current_gradient_accumulation_steps = 1
     # The batch is prepared by the benchmark: skip generation and scoring.

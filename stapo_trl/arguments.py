@@ -132,8 +132,8 @@ class STAPOArguments:
         default="step",
         metadata={
             "help": "Scope of tau_h and of the renormalised denominator: 'step' (the whole optimizer step on all "
-            "processes, the paper's rule; one extra gradient-free forward per micro-batch) or 'micro_batch' (the "
-            "current micro-batch, no extra pass).",
+            "processes, the paper's rule; a gradient-free forward of the step's positive-advantage completions) or "
+            "'micro_batch' (the current micro-batch, no extra pass).",
             "choices": list(SPURIOUS_STATS_SCOPES),
         },
     )

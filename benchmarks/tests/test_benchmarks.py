@@ -122,3 +122,22 @@ def test_step_cost_tensor_check_flags_a_vocab_sized_tensor():
     result = step_cost.tensor_check(records, batch_size=2, completion_length=3, vocab_size=100)
     assert result["no_BTV_tensor_in_stapo_code"] is False
     assert result["tensors_larger_than_BT_only_in_stapo"] == [{"shape": [2, 3, 100], "dtype": "torch.float32", "count": 1}]
+
+
+def test_cost_model_by_hand():
+    import cost_model
+
+    args = cost_model.parse_args(
+        ["--completions", "4", "--updates", "2", "--prompt-length", "10", "--max-completion-length", "90",
+         "--mean-prompt-length", "5", "--mean-completion-length", "45", "--positive-share", "0.5",
+         "--padding-in-calls", "1", "--generation-shares", "0.5"]
+    )  # fmt: skip
+    result = cost_model.cost_model(args)
+    # width 100, 2 completions per update: update 2 x 2 x 100 x 4; TRL's pass 4 x 100; scoring in 1 of the 2 updates:
+    # before 2 x 100, after 2 x 0.5 x (5 + 45)
+    assert result["work_per_generation_batch"] == {
+        "update": 1600, "trl_generation_time_pass": 400, "scoring_before": 200, "scoring_after": 50
+    }  # fmt: skip
+    (row,) = result["rows"]  # a GRPO RL step: (1600 + 400) / (1 - 0.5)
+    assert row["before_share_of_rl_step"] == pytest.approx(200 / 4200)
+    assert row["after_share_of_rl_step"] == pytest.approx(50 / 4050)
