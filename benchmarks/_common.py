@@ -319,7 +319,8 @@ def optimizer_step(trainer, *micro_batches: dict) -> None:
 class ScoringCounter:
     """Counts, per optimizer step of a `STAPOTrainer` with `spurious_stats_scope="step"`, the scoring pass: positions
     through the model (rows x padded length, padding included), model calls and time, and the floor of what it must
-    score (the unpadded prompt + completion tokens of the A > 0 completions of the micro-batches that need scoring).
+    score (the unpadded prompt + completion tokens of the A > 0 completions of the micro-batches that need scoring) and
+    the unpadded tokens of all their completions.
 
     It wraps the trainer's `_plan_step` and counts the calls of the decoder backbone made inside it.
     """
@@ -338,11 +339,13 @@ class ScoringCounter:
                 for inputs in step_inputs
                 if inputs.get(_SCORED_AT_STEP) is None or int(inputs[_SCORED_AT_STEP][0]) != trainer.state.global_step
             ]
-            floor = 0
+            floor = real = 0
             for inputs in needed:
                 loss_tokens = inputs["completion_mask"].sum(dim=1)
                 positive = (inputs["advantages"] > 0) & (loss_tokens > 0)
-                floor += int((inputs["prompt_mask"].sum(dim=1) + loss_tokens)[positive].sum())
+                tokens = inputs["prompt_mask"].sum(dim=1) + loss_tokens
+                floor += int(tokens[positive].sum())
+                real += int(tokens.sum())
             self.steps.append(
                 {
                     "step": trainer.state.global_step + 1,
@@ -350,6 +353,7 @@ class ScoringCounter:
                     "scoring_positions": 0,
                     "scoring_calls": 0,
                     "floor_tokens": floor,
+                    "real_tokens": real,
                     "rows": sum(inputs["advantages"].numel() for inputs in step_inputs),
                     "positive_rows": sum(int((inputs["advantages"] > 0).sum()) for inputs in step_inputs),
                     "padded_positions": sum(

@@ -159,6 +159,7 @@ def summarise(runs: dict, max_completion_length: int) -> dict:
             "padded_positions_per_scored_step": statistics.mean(step["padded_positions"] for step in scored),
             "scoring_positions_total": sum(step["scoring_positions"] for step in steps),
             "floor_tokens_total": sum(step["floor_tokens"] for step in steps),
+            "real_tokens_total": sum(step["real_tokens"] for step in steps),
         }
     before, after = totals["before"], totals["after"]
     if not (before["floor_tokens_total"] and before["scoring_positions_total"]):
@@ -171,6 +172,8 @@ def summarise(runs: dict, max_completion_length: int) -> dict:
         "per_variant": totals,
         "after_over_before_positions": after["scoring_positions_total"] / before["scoring_positions_total"],
         "after_over_floor": after["scoring_positions_total"] / after["floor_tokens_total"],
+        "after_over_unpadded": after["scoring_positions_total"] / after["real_tokens_total"],
+        "before_over_unpadded": before["scoring_positions_total"] / before["real_tokens_total"],
         "before_over_floor": before["scoring_positions_total"] / before["floor_tokens_total"],
         "calls_before_after": [before["scoring_calls_per_scored_step"], after["scoring_calls_per_scored_step"]],
         "positive_share": sum(step["positive_rows"] for step in runs["after"]) / sum(s["rows"] for s in runs["after"]),
@@ -193,19 +196,24 @@ def main(argv=None):
     print(f"load average {load_average()}", flush=True)
     runs = {variant: run(args, variant) for variant in VARIANTS}
     result = summarise(runs, args.max_completion_length)
-    print("\nstep | needs scoring | positions before | calls before | positions after | calls after | A>0 floor")
+    print(
+        "\nstep | needs scoring | positions before | calls before | positions after | calls after | A>0 floor | "
+        "unpadded, all"
+    )
     for before, after in zip(runs["before"], runs["after"], strict=True):
         print(
             f"{after['step']:4d} | {after['micro_batches_needing_scoring']:13d} | {before['scoring_positions']:16d} | "
             f"{before['scoring_calls']:12d} | {after['scoring_positions']:15d} | {after['scoring_calls']:11d} | "
-            f"{after['floor_tokens']:9d}"
+            f"{after['floor_tokens']:9d} | {after['real_tokens']:13d}"
         )
     lengths = result["completion_length"]
     print(
         f"\ncompletion lengths: mean {lengths['mean']:.0f}, p50 {lengths['p50']}, p90 {lengths['p90']}, max "
         f"{lengths['max']}, truncated {lengths['truncated_share']:.1%}; A > 0: {result['positive_share']:.1%} of "
         f"completions\nscoring positions after / before: {result['after_over_before_positions']:.3f}; before / floor "
-        f"{result['before_over_floor']:.2f}, after / floor {result['after_over_floor']:.3f}; calls per scored step "
+        f"{result['before_over_floor']:.2f}, after / floor {result['after_over_floor']:.3f}; over the unpadded tokens "
+        f"of all completions: before {result['before_over_unpadded']:.2f}, after {result['after_over_unpadded']:.3f}; "
+        "calls per scored step "
         f"before {result['calls_before_after'][0]:.1f}, after {result['calls_before_after'][1]:.1f}\nsame "
         f"completions in both runs: {result['same_completions']}; same silenced tokens: "
         f"{result['same_silenced_tokens']} ({result['silenced_tokens']} tokens); load average {load_average()}"

@@ -12,8 +12,9 @@ the timed rounds, after warm-up rounds.
 Also measured, on untimed steps:
 - forward passes per step (a pre-hook counts calls of the decoder backbone, for each trainer on the same step);
 - the largest tensor created by STAPO's own code (a `TorchDispatchMode` records the shape of every tensor produced
-  during the step and attributes it to a region: STAPO's code in `STAPOTrainer._compute_loss`, or the parent's
-  `_get_per_token_logps_and_entropies` / `_compute_loss` / `get_high_entropy_mask`, or backward). The check fails
+  during the step and attributes it to a region: STAPO's code in `STAPOTrainer._compute_loss` and `_plan_step`, or
+  the model's calls (the parent's `_get_per_token_logps_and_entropies`, the step scope's `_score_call`) and the
+  parent's `_compute_loss` / `get_high_entropy_mask`, or backward). The check fails
   if STAPO's own code produces a tensor of `numel >= B*T*V`, and also compares, shape by shape, every tensor larger
   than a per-token `(B, T)` one produced over the whole step by `STAPOTrainer` and by `GRPOTrainer`;
 - peak memory: on CPU, the peak of torch's CPU allocator during one step (allocation events of `torch.profiler`,
@@ -204,7 +205,8 @@ class OwnTimeMeter:
     """Wall time spent in STAPO's own code: `STAPOTrainer._compute_loss` minus the parent's methods it calls.
 
     The parent's `_get_per_token_logps_and_entropies` (the fused forward) and `_compute_loss` (TRL's loss) run inside
-    STAPO's `_compute_loss`; what is left is the S2T mask, the counts, the metrics and the bookkeeping. Measured
+    STAPO's `_compute_loss`, the model calls of the step scope's scoring pass (`_score_call`) inside `_plan_step`;
+    what is left is the S2T mask, the counts, the metrics and the bookkeeping (and the scoring pass's packing). Measured
     directly, this small figure is far less exposed to background load than the difference of two step times.
     """
 
@@ -255,6 +257,7 @@ class OwnTimeMeter:
 
         wrap(STAPOTrainer, "_compute_loss", True)
         wrap(STAPOTrainer, "_plan_step", True)  # spurious_stats_scope="step": the step-wide decision
+        wrap(STAPOTrainer, "_score_call", False)  # the step scope's model call: the model's code, as the parent's pass
         for name in ("_compute_loss", "_get_per_token_logps_and_entropies", "get_high_entropy_mask"):
             wrap(GRPOTrainer, name, False)
 
@@ -294,6 +297,7 @@ def record_tensor_shapes(trainer, batch) -> list:
     restores = [
         _wrap(STAPOTrainer, "_compute_loss", regions, "stapo"),
         _wrap(STAPOTrainer, "_plan_step", regions, "stapo"),
+        _wrap(STAPOTrainer, "_score_call", regions, "parent"),  # the step scope's model call
         _wrap(GRPOTrainer, "_compute_loss", regions, "parent"),
         _wrap(GRPOTrainer, "_get_per_token_logps_and_entropies", regions, "parent"),
         _wrap(GRPOTrainer, "get_high_entropy_mask", regions, "parent"),

@@ -181,9 +181,10 @@ class STAPOTrainer(GRPOTrainer):
     Where the decision comes from (`spurious_stats_scope`):
     - `"step"` (the paper's rule): `get_batch_samples` hands over the raw batches of the coming optimizer step; at its
       first micro-step `_prepare_inputs` runs TRL's own `_prepare_inputs` for every micro-step of the step (generating
-      exactly when TRL would), scores every micro-batch with the current weights without gradient (reusing TRL's
-      generation-time pass when it ran with the same weights), and takes one `tau_h` over the step's candidates on
-      all processes. The micro-steps then replay TRL's inputs in order with that decision.
+      exactly when TRL would), scores the completions that can hold a candidate (A > 0) with the current weights
+      without gradient, trimmed and packed (`_score_step`; TRL's generation-time pass is reused when it ran with the
+      same weights), and takes one `tau_h` over the step's candidates on all processes. The micro-steps then replay
+      TRL's inputs in order with that decision.
     - `"micro_batch"`, and evaluation: the decision of the current micro-batch (all processes) from the loss's own
       forward pass.
 

@@ -300,7 +300,7 @@ def test_generation_time_entropies_are_the_policys_own(tmp_path, variant):
     trainer.train()
     (step,) = trainer.steps
     (inputs,) = step["inputs"]
-    (reused_logps, reused_entropies) = step["scores"][0]
+    (reused_logps, reused_entropies, _) = step["scores"][0]
     assert torch.equal(reused_logps, inputs["old_per_token_logps"]), "the step must reuse TRL's generation-time pass"
     trainer.model.load_state_dict(step["weights"])
     trainer.model.eval()
