@@ -78,7 +78,7 @@ def parse_args(argv=None):
     parser.add_argument("--length-spread", type=float, default=0.8, help="sigma of the log-normal completion lengths")
     parser.add_argument("--prompt-lengths", type=int, nargs=2, default=[128, 768], metavar=("MIN", "MAX"))
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (every variant steps once per round)")
-    parser.add_argument("--rounds", type=int, default=4, help="timed rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds")
     parser.add_argument("--generate-tokens", type=int, default=128, help="new tokens per completion for `generate`")
     parser.add_argument("--no-gradient-checkpointing", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
