@@ -2,7 +2,7 @@
 
 import netrc
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from trl import GRPOConfig
@@ -113,6 +113,22 @@ class STAPOConfig(STAPOArguments, GRPOConfig):
             By default only the model, its tokenizer and configs, the model card and `training_config.yaml` go up
             (and the checkpoints that `hub_strategy` asks for); transformers' pickled `training_args.bin` never does.
     """
+
+    @classmethod
+    def from_grpo_config(cls, grpo_config: GRPOConfig, **overrides) -> "STAPOConfig":
+        """A `STAPOConfig` with every setting of `grpo_config`, S2T on with the paper's thresholds.
+
+        Every field keeps the GRPO run's value, also where `STAPOConfig`'s defaults are the paper's (`epsilon_high`),
+        so that the two runs differ only by S2T. `overrides` set any field on top, e.g. the S2T thresholds.
+        `grpo_config.to_dict()` does not round-trip: it hides tokens, and of `generation_batch_size` and
+        `steps_per_generation`, which `GRPOConfig` derives from each other, it keeps both, which `GRPOConfig` refuses.
+        """
+        accepted = {field.name for field in fields(cls) if field.init}
+        values = {
+            field.name: getattr(grpo_config, field.name) for field in fields(grpo_config) if field.name in accepted
+        }
+        values["generation_batch_size"] = None  # derived again from steps_per_generation, as it was
+        return cls(**{**values, **overrides})
 
     def __post_init__(self):
         if self.bf16 is None and not self.fp16:

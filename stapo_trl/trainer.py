@@ -238,7 +238,7 @@ class STAPOTrainer(GRPOTrainer):
         elif not isinstance(args, STAPOConfig):
             raise TypeError(
                 f"STAPOTrainer needs `args` to be a STAPOConfig, got {type(args).__name__}. "
-                "Build one with STAPOConfig(**grpo_config.to_dict()) to keep your GRPO settings."
+                "Build one with STAPOConfig.from_grpo_config(grpo_config) to keep your GRPO settings."
             )
         fall_back_to_offline_wandb(args.report_to, args.output_dir)  # as stapo-train does: no W&B key, log offline
         # The policy's outputs for the loss, computed once by `_compute_loss` and handed back to TRL's loss.

@@ -1,11 +1,12 @@
 """STAPOTrainer against TRL's GRPOTrainer and against the STAPO objective computed by hand."""
 
 import copy
+import dataclasses
 import math
 
 import pytest
 import torch
-from conftest import build_trainer, hand_batch, loss_and_grads, tiny_model, tiny_tokenizer
+from conftest import build_trainer, contains_answer_reward, hand_batch, loss_and_grads, tiny_model, tiny_tokenizer
 from trl import GRPOConfig, GRPOTrainer
 
 from stapo_trl import STAPOConfig, STAPOTrainer
@@ -420,3 +421,52 @@ def test_reward_funcs_are_optional_as_in_grpo_trainer(tmp_path):
             trainer_class(tiny_model(tiny_tokenizer()), args=args, processing_class=tiny_tokenizer())
         messages.append(str(raised.value))
     assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize(
+    "grpo_settings",
+    [
+        {"use_cpu": True},  # GRPOConfig's defaults (bf16 derived on, steps_per_generation derived from GA)
+        {
+            "bf16": False,
+            "per_device_train_batch_size": 4,
+            "gradient_accumulation_steps": 2,
+            "generation_batch_size": 16,
+            "loss_type": "grpo",
+            "beta": 0.04,
+            "epsilon_high": 0.3,
+            "scale_rewards": True,
+            "num_iterations": 2,
+            "eval_strategy": "steps",
+            "eval_steps": 3,
+            "lr_scheduler_type": "cosine",
+            "report_to": "none",
+            "hub_token": "hf_secret",
+        },
+    ],
+    ids=["default", "custom"],
+)
+def test_stapo_config_from_grpo_config_keeps_every_setting(tmp_path, grpo_settings):
+    grpo_config = GRPOConfig(output_dir=str(tmp_path), **grpo_settings)
+    config = STAPOConfig.from_grpo_config(grpo_config)
+    differing = [
+        field.name
+        for field in dataclasses.fields(GRPOConfig)
+        if field.init and getattr(config, field.name) != getattr(grpo_config, field.name)
+    ]
+    assert differing == []
+    defaults = STAPOConfig(output_dir=str(tmp_path), use_cpu=True)
+    assert config.silence_spurious_tokens
+    assert config.spurious_prob_threshold == defaults.spurious_prob_threshold == 0.002
+    assert config.spurious_entropy_quantile == defaults.spurious_entropy_quantile == 0.75
+    assert config.spurious_stats_scope == "step"
+    overridden = STAPOConfig.from_grpo_config(grpo_config, spurious_prob_threshold=0.05, learning_rate=1e-5)
+    assert (overridden.spurious_prob_threshold, overridden.learning_rate) == (0.05, 1e-5)
+    assert overridden.steps_per_generation == grpo_config.steps_per_generation
+
+
+def test_grpo_config_is_refused_with_the_conversion_that_works(tmp_path):
+    grpo_config = GRPOConfig(output_dir=str(tmp_path), bf16=False, report_to=[])
+    with pytest.raises(TypeError, match=r"STAPOConfig\.from_grpo_config\(grpo_config\)"):
+        STAPOTrainer(tiny_model(tiny_tokenizer()), contains_answer_reward, args=grpo_config)
+    assert isinstance(STAPOConfig.from_grpo_config(grpo_config), STAPOConfig)
