@@ -255,11 +255,12 @@ class ExtraPolicyPass(RecordingSTAPOTrainer):
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, *args, **kwargs):
         extra = not torch.is_grad_enabled() and model is self.model
+        forward = super()._get_per_token_logps_and_entropies
         if extra and self.extra_pass == "before":
-            super()._get_per_token_logps_and_entropies(model, input_ids.flip(0), attention_mask.flip(0), *args, **kwargs)
-        result = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, *args, **kwargs)
+            forward(model, input_ids.flip(0), attention_mask.flip(0), *args, **kwargs)
+        result = forward(model, input_ids, attention_mask, *args, **kwargs)
         if extra and self.extra_pass == "after":
-            super()._get_per_token_logps_and_entropies(model, input_ids.flip(0), attention_mask.flip(0), *args, **kwargs)
+            forward(model, input_ids.flip(0), attention_mask.flip(0), *args, **kwargs)
         return result
 
 
@@ -267,9 +268,7 @@ class ExtraPolicyPassAfter(ExtraPolicyPass):
     extra_pass = "after"
 
 
-@pytest.mark.parametrize(
-    "variant", ["reference-model", "peft-reference", "extra-pass-before", "extra-pass-after"]
-)
+@pytest.mark.parametrize("variant", ["reference-model", "peft-reference", "extra-pass-before", "extra-pass-after"])
 def test_generation_time_entropies_are_the_policys_own(tmp_path, variant):
     """With steps_per_generation > GA, the first step reuses the entropies of TRL's old-log-prob pass; whatever other
     passes TRL makes around it (the reference model's, the reference through a disabled LoRA adapter, another pass
