@@ -75,12 +75,12 @@ class STAPOConfig(STAPOArguments, GRPOConfig):
             Absolute entropy threshold τ_h (in nats). When set, it replaces `spurious_entropy_quantile`. Range: >= 0.
         spurious_stats_scope (`str`, *optional*, defaults to `"step"`):
             Which tokens τ_h and the renormalised denominator are computed over. `"step"` is the paper's rule: at the
-            first micro-step of each optimizer step, every micro-batch of the step (all processes) is scored with the
-            current weights without gradient, τ_h is the quantile over all of the step's candidates and the token-mean
-            losses (`dapo`, `cispo`, `vespo`) divide by the step's kept tokens on all processes. It costs a
-            gradient-free forward of the step's completions with a positive advantage (the only ones that can hold a
-            candidate), each trimmed to its own tokens (see `spurious_scoring_token_budget`), skipped when TRL's
-            generation-time pass already scored the batch with the same weights. `"micro_batch"` takes both from the current micro-batch (all processes) in
+            first micro-step of each optimizer step, the step's candidates (all processes) are found with the current
+            weights without gradient, τ_h is the quantile over all of them and the token-mean losses (`dapo`, `cispo`,
+            `vespo`) divide by the step's kept tokens on all processes. It costs a gradient-free forward of the step's
+            completions with a positive advantage (the only ones that can hold a candidate), each trimmed to its own
+            tokens (see `spurious_scoring_token_budget`), skipped when TRL's generation-time pass already scored the
+            batch with the same weights. `"micro_batch"` takes both from the current micro-batch (all processes) in
             the loss's own forward pass: no extra pass, but a lone candidate is never silenced and, with gradient
             accumulation, the denominator is TRL's scaled by the micro-batch's kept share. Evaluation always uses the
             evaluation batch.
