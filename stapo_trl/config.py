@@ -10,10 +10,16 @@ from trl import GRPOConfig
 from .arguments import SPURIOUS_STATS_SCOPES, SUPPORTED_LOSS_TYPES, STAPOArguments
 
 
-def hardware_bf16(use_cpu: bool = False) -> bool:
-    """Whether bf16 is the right default here: only on a CUDA device that supports it (TRL's default is `True`,
-    which fails on a CPU-only machine)."""
-    return not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+def hardware_precision(use_cpu: bool = False) -> str:
+    """The mixed precision this machine runs natively: `"bf16"`, `"fp16"` or `"fp32"`.
+
+    bf16 only on a GPU with bf16 arithmetic (NVIDIA compute capability 8.0 or newer, or ROCm). On older GPUs (T4, V100)
+    `torch.cuda.is_bf16_supported()` is True through emulation, which trains several times slower than fp16, so
+    they get fp16; a CPU gets fp32 (TRL's default, bf16, fails on a CPU-only machine).
+    """
+    if use_cpu or not torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
 
 def has_wandb_credentials() -> bool:
@@ -55,7 +61,8 @@ class STAPOConfig(STAPOArguments, GRPOConfig):
     Only the parameters specific to STAPO are listed here; every [`~trl.GRPOConfig`] parameter keeps its meaning.
     The defaults of `loss_type`, `epsilon`, `epsilon_high` and `beta` are the paper's (they differ from TRL's only
     in `epsilon_high`). Two defaults follow the machine, so that the same code runs on a GPU node and on a laptop:
-    `bf16` left unset is on only where a CUDA device supports it (`hardware_bf16`), and W&B without an API key logs
+    `bf16` and `fp16` left unset follow the GPU (`hardware_precision`: bf16 where it is native, fp16 on older GPUs
+such as a T4, fp32 on a CPU), and W&B without an API key logs
     offline to `<output_dir>/wandb` (`fall_back_to_offline_wandb`, called by `STAPOTrainer` and `stapo-train`
     alike). A non-positive
     `learning_rate` is rejected here, not by torch when training starts.
@@ -132,7 +139,13 @@ class STAPOConfig(STAPOArguments, GRPOConfig):
 
     def __post_init__(self):
         if self.bf16 is None and not self.fp16:
-            self.bf16 = hardware_bf16(self.use_cpu)
+            precision = hardware_precision(self.use_cpu)
+            self.bf16, self.fp16 = precision == "bf16", precision == "fp16"
+        # TRL 1.16 defaults the old name `gradient_checkpointing` to True, which transformers >= 5.25 reads as a
+        # deprecated alias and warns about on every config; TRL's default is carried to the new name instead. An
+        # explicit `gradient_checkpointing=False` is left to transformers (and its warning).
+        if self.activation_checkpointing is None and self.gradient_checkpointing is True:
+            self.activation_checkpointing = True
         super().__post_init__()
         self._validate_stapo_fields()
 
