@@ -23,6 +23,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -296,7 +297,8 @@ def warm_start(
     accuracy = None
     reached = False
     step = 0
-    bar = tqdm(total=max_steps, desc="warm start", disable=not progress, dynamic_ncols=True)
+    # The bar is replaced by one line when the warm start ends, so the console keeps one bar: the RL run's.
+    bar = tqdm(total=max_steps, desc="warm start", disable=not progress, dynamic_ncols=True, leave=False)
     try:
         while step < max_steps:
             index = torch.randint(0, input_ids.shape[0], (batch_size,), generator=generator)
@@ -490,6 +492,37 @@ DEMO_WARM_START: dict[str, Any] = dict(
 DEMO_NUM_EVAL = 500
 
 
+def demo_num_threads(cores: int | None = None, load: float | None = None) -> int:
+    """The torch threads the demo uses: `OMP_NUM_THREADS` when set, else the cores the 1-minute load average
+    leaves idle (at least 1).
+
+    A thread that waits for a core another process holds stalls the others at every operation: on a shared 2-core
+    machine at load average 4.6-6.0, 60 warm-start steps took 38-42 s with one thread and 359 s with two
+    (`warm_start(..., max_steps=60)` after `torch.set_num_threads(n)`). On an idle machine both cores are used.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - load)))
+
+
+def set_up_demo_process() -> None:
+    """The demo's process: `demo_num_threads` torch threads, DeepSpeed told it runs on the CPU (instead of warning
+    that it found no GPU, when the dev extra installed it), and no progress bar for transformers' own loading and
+    saving, so that the console shows the RL run's bar, the warm start's line and the summary."""
+    from transformers.utils import logging as transformers_logging
+
+    torch.set_num_threads(demo_num_threads())
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    transformers_logging.disable_progress_bar()
+    # TRL 1.16 reads `model.is_gradient_checkpointing` before every generation (trl.models.utils,
+    # `_unwrap_model_for_generation`), a name transformers 5.25 deprecates; the demo does not checkpoint at all.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def demo_settings(**overrides: Any) -> dict[str, Any]:
     """`STAPOConfig` field values of the demo's RL run: `STAPOConfig(**demo_settings(output_dir=...))`.
 
@@ -531,6 +564,9 @@ def demo_settings(**overrides: Any) -> dict[str, Any]:
         spurious_prob_threshold=0.2,
         spurious_entropy_quantile=0.75,
         spurious_token_log_steps=10,
+        # A ~1M-parameter model needs no activation checkpointing: TRL's default (on) would only cost time, and TRL
+        # 1.16 toggles it around generation through names transformers 5.25 deprecates (a FutureWarning each).
+        activation_checkpointing=False,
         # Logging: every step, no checkpoints (the demo saves the final model itself if it wants to).
         logging_steps=1,
         save_strategy="no",

@@ -234,6 +234,29 @@ def test_demo_settings_make_a_valid_stapo_config(tmp_path):
         demo.demo_settings(not_a_field=1)
 
 
+def test_demo_config_raises_no_warning(tmp_path):
+    import warnings
+
+    from stapo_trl.config import STAPOConfig
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = STAPOConfig(**demo.demo_settings(output_dir=str(tmp_path)))
+    assert [str(warning.message) for warning in caught] == []
+    assert config.activation_checkpointing is False
+
+
+@pytest.mark.parametrize(("cores", "load", "threads"), [(2, 0.3, 2), (2, 1.4, 1), (2, 6.0, 1), (8, 2.6, 5), (8, 0.0, 8)])
+def test_demo_uses_the_cores_the_load_leaves_idle(cores, load, threads, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert demo.demo_num_threads(cores=cores, load=load) == threads
+
+
+def test_demo_keeps_the_thread_count_the_user_set(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert demo.demo_num_threads(cores=2, load=9.0) == torch.get_num_threads()
+
+
 def test_prepare_demo_returns_everything_train_py_needs(tmp_path):
     model, tokenizer, train_ds, eval_ds, info = demo.prepare_demo(
         tmp_path, seed=0, num_eval=40, warm_start_max_steps=4, target_accuracy=0.99, progress=False
