@@ -1,10 +1,10 @@
 """`stapo-train`: train with STAPO or a baseline from the command line (also `train.py` and `python -m stapo_trl.cli`).
 
-    stapo-train --config recipes/demo_cpu.yaml                          # the CPU demo
-    accelerate launch --config_file accelerate_configs/zero3.yaml -m stapo_trl.cli --model Qwen/Qwen3-8B-Base
+    stapo-train --config demo_cpu                                       # the CPU demo (a shipped recipe, by name)
+    accelerate launch --config_file "$(stapo-trl accelerate-config zero3)" -m stapo_trl.cli --config qwen3-8b/stapo
     stapo-train --model Qwen/Qwen3-8B-Base --dry-run                    # resolved settings and checks, no download
 
-`--help` describes STAPO's and the script's options and the bundled recipes without importing torch, transformers
+`--help` describes STAPO's and the script's options and the shipped recipes without importing torch, transformers
 or TRL (they take seconds to import); `--help-all` prints every option of TRL's parser. A run whose arguments fail a
 check stops with one line, `stapo-train: error: ...`, and exit code 2 before anything is downloaded or written;
 `--debug` (or `STAPO_DEBUG=1`) shows the traceback instead.
@@ -17,13 +17,12 @@ import dataclasses
 import os
 import sys
 import textwrap
-from pathlib import Path
 
 from .arguments import METHOD_PRESETS, STAPOArguments, STAPOScriptArguments
+from .shipped import shipped_recipes
 
 PROG = "stapo-train"
 USAGE_ERROR = 2
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # TRL / transformers options most runs set; `--help-all` lists all of them.
 COMMON_TRL_OPTIONS = (
     "--output_dir", "--learning_rate", "--max_steps", "--per_device_train_batch_size", "--gradient_accumulation_steps",
@@ -33,25 +32,14 @@ COMMON_TRL_OPTIONS = (
 )  # fmt: skip
 
 
-def bundled_recipes() -> list[str]:
-    """The recipe files shipped in the repository's `recipes/`, as paths relative to the current directory when
-    they are below it (so that they can be pasted after `--config`)."""
-    if not RECIPES.is_dir():
-        return []
-    cwd = Path.cwd().resolve()
-    return [
-        str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path) for path in sorted(RECIPES.rglob("*.yaml"))
-    ]
-
-
 def _recipe_lines() -> list[str]:
-    """One line per recipe folder: `recipes/qwen3-8b/{entropy20,grpo,justrl,stapo}.yaml`."""
+    """One line per recipe folder of the shipped recipes: `qwen3-8b/{entropy20,grpo,justrl,stapo}`."""
     folders: dict[str, list[str]] = {}
-    for recipe in bundled_recipes():
+    for recipe in shipped_recipes():
         folder, name = os.path.split(recipe)
-        folders.setdefault(folder, []).append(name.removesuffix(".yaml"))
+        folders.setdefault(folder, []).append(name)
     return [
-        f"  {os.path.join(folder, names[0] if len(names) == 1 else '{' + ','.join(names) + '}')}.yaml"
+        f"  {os.path.join(folder, names[0] if len(names) == 1 else '{' + ','.join(names) + '}')}"
         for folder, names in folders.items()
     ]
 
@@ -74,15 +62,15 @@ def short_help() -> str:
         f"  {name:<10} {', '.join(f'{key}={value}' for key, value in preset.items())}"
         for name, preset in METHOD_PRESETS.items()
     )
-    recipes = "\n".join(_recipe_lines()) or "  (none found next to the package)"
+    recipes = "\n".join(_recipe_lines())
     parser = argparse.ArgumentParser(
         prog=PROG,
-        usage=f"{PROG} (--model MODEL | --config RECIPE.yaml) [--method METHOD] [options]",
+        usage=f"{PROG} (--model MODEL | --config RECIPE) [--method METHOD] [options]",
         description="Train a model with STAPO (arXiv 2602.15620) or one of the paper's baselines on math with\n"
         "verifiable rewards. Settings: method preset < recipe (--config) < command line. [defaults] in brackets.",
         epilog=(
             f"methods (--method; explicit flags override the preset):\n{methods}\n\n"
-            f"bundled recipes (--config):\n{recipes}\n\n"
+            f"shipped recipes (--config NAME, from any directory; `stapo-trl recipe NAME` prints the file):\n{recipes}\n\n"
             + textwrap.fill(
                 "all TRL options: every field of TRL's GRPOConfig, transformers' TrainingArguments and TRL's "
                 f"ModelConfig is a flag too, e.g. {', '.join(COMMON_TRL_OPTIONS)}.",
@@ -96,7 +84,10 @@ def short_help() -> str:
     run = parser.add_argument_group("run")
     run.add_argument("-h", "--help", action="store_true", help="Show this message and exit.")
     run.add_argument("--help-all", action="store_true", help="Show every option, TRL's included, and exit.")
-    run.add_argument("--config", metavar="RECIPE.yaml", help="Recipe file: any option below as `key: value`.")
+    run.add_argument(
+        "--config", metavar="RECIPE", help="A shipped recipe by name (listed below) or a YAML file: any option below "
+        "as `key: value`."
+    )  # fmt: skip
     run.add_argument("--model", metavar="MODEL", help="Model to train: a Hub id or a local path.")
     run.add_argument(
         "--dry-run", action="store_true", help="Print the resolved settings and batch arithmetic, run every check, "

@@ -1,9 +1,9 @@
 """The launcher behind `stapo-train` and `train.py`, in the order it runs.
 
 `accelerate launch train.py --model Qwen/Qwen3-8B-Base` runs the paper's STAPO recipe on DAPO-Math-17k;
-`--method justrl|entropy20|grpo` runs a baseline from the same script, `--config recipes/....yaml` loads a recipe
-(command-line flags win over the recipe, which wins over the method preset), and `--config recipes/demo_cpu.yaml`
-runs the tiny CPU demo.
+`--method justrl|entropy20|grpo` runs a baseline from the same script, `--config qwen3-8b/stapo` loads a shipped
+recipe by name and `--config my_run.yaml` a file (command-line flags win over the recipe, which wins over the method
+preset), and `--config demo_cpu` runs the tiny CPU demo.
 
 The stages, each called once, in the order `stapo_trl.cli.main` runs them:
 
@@ -38,6 +38,7 @@ from .arguments import METHOD_PRESETS, REWARDS, STAPOScriptArguments
 from .config import STAPOConfig, fall_back_to_offline_wandb
 from .data import resolve_training_spec
 from .hub import hub_preflight
+from .shipped import recipe_path
 
 __all__ = [
     "METHOD_PRESETS", "REWARDS", "ModelArguments", "Run", "Resolved", "read_recipe", "parse", "check", "run_training",
@@ -99,10 +100,13 @@ class Run:
 
 
 def read_recipe(config: str) -> dict:
-    """The settings of the recipe given with `--config`: the one place a recipe file is read."""
-    if not Path(config).is_file():
-        raise FileNotFoundError(f"--config: no such recipe file {config!r}.")
-    recipe = yaml.safe_load(Path(config).read_text()) or {}
+    """The settings of the recipe given with `--config` (a file, or a shipped recipe by name such as
+    `qwen3-8b/stapo`: `stapo_trl.shipped.recipe_path`): the one place a recipe file is read."""
+    try:
+        path = recipe_path(config)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"--config: {error}") from None
+    recipe = yaml.safe_load(path.read_text()) or {}
     if not isinstance(recipe, dict):
         raise ValueError(f"--config: {config} must contain a YAML mapping of settings.")
     return recipe
@@ -148,7 +152,7 @@ def parse(argv: list[str] | None = None) -> Run:
     if not demo and not model:
         raise ValueError(
             "model_name_or_path (or --model) is required, e.g. --model Qwen/Qwen3-8B-Base; "
-            "on a machine without a GPU try the CPU demo: stapo-train --config recipes/demo_cpu.yaml."
+            "on a machine without a GPU try the CPU demo: stapo-train --config demo_cpu."
         )
     label = model_label(model, demo)
     if demo:
@@ -492,7 +496,7 @@ def check_accelerator(script_args: STAPOScriptArguments, args: STAPOConfig, mode
         return
     raise RuntimeError(
         f"model_name_or_path={model_args.model_name_or_path!r} needs a GPU and this machine has none (no CUDA device "
-        "visible); run the CPU demo instead: stapo-train --config recipes/demo_cpu.yaml (or pass --use_cpu true to "
+        "visible); run the CPU demo instead: stapo-train --config demo_cpu (or pass --use_cpu true to "
         "train this model on the CPU anyway)."
     )
 

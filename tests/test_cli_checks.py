@@ -60,7 +60,7 @@ CHECKS = {
     "a model on a machine without CUDA": (
         HUB_MODEL,
         "model_name_or_path='Qwen/Qwen3-8B-Base' needs a GPU and this machine has none (no CUDA device visible); "
-        "run the CPU demo instead: stapo-train --config recipes/demo_cpu.yaml",
+        "run the CPU demo instead: stapo-train --config demo_cpu",
     ),
     "output_dir below a file": (
         [*HUB_MODEL, *ON_CPU, "--output_dir", "a_file/run"],
@@ -75,7 +75,11 @@ CHECKS = {
         "push_to_hub is set but HF_HUB_OFFLINE=1: the Hub cannot be reached. Unset it.",
     ),
     "unknown method": ([*HUB_MODEL, "--method", "ppo"], "method must be one of stapo, justrl, entropy20, grpo"),
-    "missing recipe file": (["--config", "recipes/nope.yaml"], "--config: no such recipe file 'recipes/nope.yaml'."),
+    "missing recipe file": (
+        ["--config", "recipes/nope.yaml"],
+        "--config: no such recipe file 'recipes/nope.yaml' and no shipped recipe of that name; shipped recipes: "
+        "demo_cpu, qwen3-1.7b/entropy20,",
+    ),
     "no model": (["--method", "stapo"], "model_name_or_path (or --model) is required"),
 }
 

@@ -134,3 +134,21 @@ def test_unknown_accelerate_config_is_one_line_and_exit_code_2(tmp_path):
         "stapo-trl: error: no shipped accelerate config 'zero4'; shipped: ddp, multi_node_zero3, single_gpu, zero2, "
         "zero3, zero3_offload.\n"
     )
+
+
+def test_stapo_train_takes_a_shipped_recipe_by_name_and_a_file_by_path_from_outside_the_clone(installed, tmp_path):
+    """`--config qwen3-8b/stapo` reads the wheel's copy; `--config some/dir/run.yaml` reads the user's file."""
+    own = tmp_path / "configs" / "run.yaml"
+    own.parent.mkdir()
+    own.write_text("model_name_or_path: me/my-model\nmethod: justrl\n")
+    on_cpu = "'--use_cpu', 'true', '--use_vllm', 'false', '--bf16', 'false', '--report_to', 'none'"
+    for config, expected in (("qwen3-8b/stapo", "Qwen/Qwen3-8B-Base"), ("configs/run.yaml", "me/my-model")):
+        completed = run_installed(
+            installed,
+            f"from stapo_trl.cli import main; main(['--config', {config!r}, '--dry-run', {on_cpu}])",
+            tmp_path,
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        assert f"model               {expected}\n" in completed.stdout
+        assert completed.stdout.endswith("All checks passed; nothing was downloaded or written (--dry-run).\n")
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["configs", "run.yaml"]  # nothing written
