@@ -707,6 +707,7 @@ def run_demo(run) -> dict[str, Any]:
     from . import launch
 
     started = time.perf_counter()
+    set_up_demo_process()
     launch.announce(run)
     model, tokenizer, train_dataset, eval_dataset, info = prepare_demo(
         run.args.output_dir,
