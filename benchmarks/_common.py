@@ -260,7 +260,7 @@ def build_trainer(
         beta=0.0,
         learning_rate=1e-6,
         max_grad_norm=1.0,
-        gradient_checkpointing=gradient_checkpointing,
+        activation_checkpointing=gradient_checkpointing,
         disable_dropout=True,
         **config_overrides,
     )

@@ -164,7 +164,7 @@ def build(args, device, dtype):
             score_every_row_padded(trainer)
         trainers[variant] = trainer
     if not args.no_gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     # One optimizer for all, at learning rate 0: every variant steps on the same weights.
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, fused=device.type == "cuda")
     for trainer in trainers.values():

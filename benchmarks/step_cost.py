@@ -129,7 +129,7 @@ def make_trainer(args, variant, model):
     )
     trainer.model.to(device())
     if args.gradient_checkpointing:
-        trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        trainer.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return trainer
 
 

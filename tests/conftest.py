@@ -61,6 +61,7 @@ def build_trainer(
         logging_steps=1,
         save_strategy="no",
         seed=0,
+        activation_checkpointing=False,  # TRL's default (on) only costs time on a tiny model; tests that need it say so
     )
     settings.update(config_kwargs)
     return trainer_class(

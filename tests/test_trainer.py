@@ -107,8 +107,9 @@ def test_s2t_off_equals_grpo_trainer(tmp_path, loss_type):
         {"entropy_coef": 0.01},
         {"num_iterations": 2},
         {"loss_type": "grpo", "top_entropy_quantile": 0.5, "entropy_coef": 0.01},
+        {"activation_checkpointing": True},
     ],
-    ids=["entropy20", "kl", "entropy-bonus", "num-iterations", "grpo-combined"],
+    ids=["entropy20", "kl", "entropy-bonus", "num-iterations", "grpo-combined", "activation-checkpointing"],
 )
 def test_s2t_off_equals_grpo_trainer_with_features(tmp_path, settings):
     grpo, stapo = trainer_pair(tmp_path, **{**loss_type_settings(settings.get("loss_type", "dapo")), **settings})
