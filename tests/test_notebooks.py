@@ -44,8 +44,10 @@ def test_notebook_has_colab_badge_and_guarded_install(name):
     notebook = _read(name)
     assert COLAB_URL.format(name) in notebook.cells[0].source
     install = notebook.cells[1].source
-    assert "stapo-trl @ git+https://github.com/stapo-trl/stapo-trl" in install
+    assert install == _read(NAMES[1]).cells[1].source, "one install cell for all notebooks"
+    assert install.count('STAPO_TRL_SOURCE = ""') == 1 and '"-c", str(pinned)' in install  # one source, the tested set
     assert 'find_spec("stapo_trl") is None' in install and "STAPO_NOTEBOOK_MODE" in install
+    assert "Restart session" in install
     assert notebook.metadata.kernelspec.name == "python3"
 
 
