@@ -276,6 +276,7 @@ def warm_start(
         output_dir=output_dir, max_steps=max_steps, learning_rate=learning_rate, lr_scheduler_type="constant",
         per_device_train_batch_size=batch_size, use_cpu=True, bf16=False, report_to=[], save_strategy="no",
         logging_steps=eval_every, disable_tqdm=True, seed=seed, max_length=None,
+        activation_checkpointing=True,  # TRL's default, under transformers 5.25's name (the old one warns)
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[stopper])

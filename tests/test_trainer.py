@@ -417,7 +417,10 @@ def test_reward_funcs_are_optional_as_in_grpo_trainer(tmp_path):
     source both trainers stop at TRL's own check, not at a missing argument."""
     messages = []
     for trainer_class, config_class in ((GRPOTrainer, GRPOConfig), (STAPOTrainer, STAPOConfig)):
-        args = config_class(output_dir=str(tmp_path / trainer_class.__name__), bf16=False, use_cpu=True, report_to=[])
+        args = config_class(
+            output_dir=str(tmp_path / trainer_class.__name__), bf16=False, use_cpu=True, report_to=[],
+            activation_checkpointing=False,
+        )
         with pytest.raises(ValueError, match="No reward source provided") as raised:
             trainer_class(tiny_model(tiny_tokenizer()), args=args, processing_class=tiny_tokenizer())
         messages.append(str(raised.value))
