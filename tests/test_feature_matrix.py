@@ -167,7 +167,7 @@ ROWS = {
     "top_entropy_quantile": Row({"top_entropy_quantile": 0.5}),
     "PEFT (LoRA)": Row(trainer=lambda r: {"peft_config": r.lora()}),
     "PEFT (LoRA) with beta > 0": Row({"beta": 0.04}, lambda r: {"peft_config": r.lora()}),
-    "gradient_checkpointing": Row({"gradient_checkpointing": True}),
+    "activation_checkpointing": Row({"activation_checkpointing": True}),  # transformers 5.25's gradient_checkpointing
     "off_policy_mask_threshold": Row({"off_policy_mask_threshold": 0.5, "steps_per_generation": 2}, steps=2),
     "delta (two-sided clipping)": Row({"delta": 1.5, "num_iterations": 2}, steps=2),
     "entropy_coef (entropy bonus)": Row({"entropy_coef": 0.01}),
@@ -275,6 +275,7 @@ def grpo_config(output_dir, row):
         save_strategy="no",
         seed=0,
         max_steps=row.steps,
+        activation_checkpointing=False,  # on by TRL's default under the old name, which warns; its own row turns it on
     )
     return GRPOConfig(**{**settings, **row.config})
 
