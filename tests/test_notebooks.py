@@ -120,7 +120,7 @@ def test_spurious_token_explorer_runs_offline(offline_env):
     summary = json.loads((output_dir / "summary.json").read_text())
     assert summary["mode"] == "offline"
     assert summary["silenced"] > 0 and summary["candidates"] >= summary["silenced"]
-    assert summary["tau_p"] == 0.2 and summary["q"] == 0.75
+    assert summary["tau_p"] == 0.3 and summary["q"] == 0.75
     page = (output_dir / "completions.html").read_text()
     assert "silenced:" in page  # a highlighted token
     assert "image/png" in json.dumps([c.get("outputs", []) for c in notebook.cells])
