@@ -427,6 +427,11 @@ def test_reward_funcs_are_optional_as_in_grpo_trainer(tmp_path):
     assert messages[0] == messages[1]
 
 
+# A plain GRPOConfig() warns under transformers 5.25: TRL 1.16 sets the old name `gradient_checkpointing`.
+GRPO_DEFAULTS_WARN = pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
+
+
+@GRPO_DEFAULTS_WARN
 @pytest.mark.parametrize(
     "grpo_settings",
     [
@@ -469,6 +474,7 @@ def test_stapo_config_from_grpo_config_keeps_every_setting(tmp_path, grpo_settin
     assert overridden.steps_per_generation == grpo_config.steps_per_generation
 
 
+@GRPO_DEFAULTS_WARN
 def test_grpo_config_is_refused_with_the_conversion_that_works(tmp_path):
     grpo_config = GRPOConfig(output_dir=str(tmp_path), bf16=False, report_to=[])
     with pytest.raises(TypeError, match=r"STAPOConfig\.from_grpo_config\(grpo_config\)"):
