@@ -17,8 +17,11 @@ import dataclasses
 import os
 import sys
 import textwrap
+import typing
 
 from .arguments import METHOD_PRESETS, STAPOArguments, STAPOScriptArguments
+from .data import DatasetCheckError
+from .request import check_request, read_request
 from .shipped import shipped_recipes
 
 PROG = "stapo-train"
@@ -107,38 +110,55 @@ def one_line(error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `stapo-train` and `train.py`; exits with 0 on success and 2 on bad input.
 
-    parse -> check -> (--dry-run: the resolved settings, stop) -> the run's entry: `stapo_trl.launch.run_training`,
-    or `stapo_trl.demo.run_demo` for the CPU demo; both run the launcher's stages (see `stapo_trl.launch`).
+    read and check the request (before TRL is imported) -> parse -> check -> (--dry-run: `launch.plan`, stop) -> the
+    run's entry: `stapo_trl.launch.run_training`, or `stapo_trl.demo.run_demo` for the CPU demo; both run the
+    launcher's stages (see `stapo_trl.launch`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(short_help())
-        raise SystemExit(0)
+        print_and_exit(short_help)
     debug = "--debug" in argv or os.environ.get("STAPO_DEBUG", "").lower() in ("1", "true", "yes")
     dry_run = "--dry-run" in argv or "--dry_run" in argv
     argv = [arg for arg in argv if arg not in ("--debug", "--dry-run", "--dry_run")]
     try:
+        if "--help-all" in argv:
+            from . import launch
+
+            print_and_exit(lambda: launch.make_parser(prog=PROG).format_help())
+        request = read_request(argv, dry_run=dry_run)
+        check_request(request)
         from . import launch
 
-        if "--help-all" in argv:
-            print(launch.make_parser(PROG).format_help())
-            raise SystemExit(0)
-        run = launch.check(launch.parse(argv))
+        run = launch.check(launch.parse(request))
     except Exception as error:
-        if debug:
-            raise
-        print(f"{PROG}: error: {one_line(error)} (--debug shows the traceback)", file=sys.stderr)
-        raise SystemExit(USAGE_ERROR) from None
+        fail(error, debug)
     if dry_run:
-        print(run.summary)
-        print("All checks passed; nothing was downloaded or written (--dry-run).")
-        raise SystemExit(0)
+        print_and_exit(lambda: launch.plan(run))
     if run.script_args.demo:
-        from .demo import run_demo
-
-        run_demo(run)
+        from .demo import run_demo as entry
     else:
-        launch.run_training(run)
+        entry = launch.run_training
+    try:
+        entry(run)
+    except DatasetCheckError as error:  # a Hub dataset's rows, checked after the download, before the model loads
+        fail(error, debug)
+
+
+def fail(error: BaseException, debug: bool) -> typing.NoReturn:
+    """Bad input: one line and exit code 2 (the traceback with --debug)."""
+    if debug:
+        raise error
+    print(f"{PROG}: error: {one_line(error)} (--debug shows the traceback)", file=sys.stderr)
+    raise SystemExit(USAGE_ERROR) from None
+
+
+def print_and_exit(text) -> None:
+    """Print `text()` and exit with 0, quietly when the reader has gone (`stapo-train --help-all | head`)."""
+    try:
+        print(text(), flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":

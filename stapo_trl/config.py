@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 import torch
 from trl import GRPOConfig
 
-from .arguments import SPURIOUS_STATS_SCOPES, SUPPORTED_LOSS_TYPES, STAPOArguments
+from .arguments import STAPOArguments, check_training_settings
 
 
 def hardware_precision(use_cpu: bool = False) -> str:
@@ -64,8 +64,8 @@ class STAPOConfig(STAPOArguments, GRPOConfig):
     `bf16` and `fp16` left unset follow the GPU (`hardware_precision`: bf16 where it is native, fp16 on older GPUs
 such as a T4, fp32 on a CPU), and W&B without an API key logs
     offline to `<output_dir>/wandb` (`fall_back_to_offline_wandb`, called by `STAPOTrainer` and `stapo-train`
-    alike). A non-positive
-    `learning_rate` is rejected here, not by torch when training starts.
+    alike). Sizes and counts of zero or less, a non-positive `learning_rate` and out-of-range STAPO fields are
+    rejected here (`check_training_settings`, the same check `stapo-train` runs), before TRL divides by them.
 
     Parameters:
         > Parameters that control S2T (silencing spurious tokens)
@@ -76,8 +76,8 @@ such as a T4, fp32 on a CPU), and W&B without an API key logs
         spurious_prob_threshold (`float`, *optional*, defaults to `0.002`):
             τ_p: a positive-advantage token whose probability is below this value is a candidate. Range: (0, 1].
         spurious_entropy_quantile (`float`, *optional*, defaults to `0.75`):
-            q: candidates whose entropy is below the q-quantile of the candidates' entropies are silenced. `0.0`
-            silences nothing and `1.0` silences every candidate. Range: [0, 1].
+            q: candidates whose entropy is below the q-quantile of the candidates' entropies are silenced. `1.0`
+            silences every candidate; `0.0`, which silences none, is refused while S2T is on. Range: [0, 1].
         spurious_entropy_threshold (`float` or `None`, *optional*, defaults to `None`):
             Absolute entropy threshold τ_h (in nats). When set, it replaces `spurious_entropy_quantile`. Range: >= 0.
         spurious_stats_scope (`str`, *optional*, defaults to `"step"`):
@@ -146,8 +146,9 @@ such as a T4, fp32 on a CPU), and W&B without an API key logs
         # explicit `gradient_checkpointing=False` is left to transformers (and its warning).
         if self.activation_checkpointing is None and self.gradient_checkpointing is True:
             self.activation_checkpointing = True
+        # Before TRL derives the batch arithmetic, which divides by several of these sizes.
+        check_training_settings(vars(self))
         super().__post_init__()
-        self._validate_stapo_fields()
 
     def __getstate__(self):
         # Checkpoints pickle the arguments (training_args.bin): never with a secret in them.
@@ -156,49 +157,3 @@ such as a T4, fp32 on a CPU), and W&B without an API key logs
             if name.endswith("_token") and state[name] is not None:
                 state[name] = None
         return state
-
-    def _validate_stapo_fields(self):
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
-        if not 0.0 < self.spurious_prob_threshold <= 1.0:
-            raise ValueError(
-                f"spurious_prob_threshold must be in (0, 1], got {self.spurious_prob_threshold}. "
-                "The paper uses 0.002."
-            )
-        if not 0.0 <= self.spurious_entropy_quantile <= 1.0:
-            raise ValueError(
-                f"spurious_entropy_quantile must be in [0, 1], got {self.spurious_entropy_quantile}. "
-                "The paper uses 0.75."
-            )
-        if self.spurious_entropy_threshold is not None and not self.spurious_entropy_threshold >= 0.0:
-            raise ValueError(
-                f"spurious_entropy_threshold must be None or >= 0 (nats), got {self.spurious_entropy_threshold}."
-            )
-        if self.spurious_stats_scope not in SPURIOUS_STATS_SCOPES:
-            raise ValueError(
-                f"spurious_stats_scope must be one of {', '.join(SPURIOUS_STATS_SCOPES)}, got {self.spurious_stats_scope!r}."
-            )
-        if self.spurious_scoring_token_budget is not None and self.spurious_scoring_token_budget < 1:
-            raise ValueError(
-                "spurious_scoring_token_budget must be None (the step's largest micro-batch) or >= 1 positions, got "
-                f"{self.spurious_scoring_token_budget}."
-            )
-        if self.loss_type not in SUPPORTED_LOSS_TYPES:
-            raise ValueError(
-                f"loss_type must be one of {', '.join(SUPPORTED_LOSS_TYPES)}, got {self.loss_type!r}."
-            )
-        if self.max_completion_length is not None and self.max_completion_length <= 0:
-            raise ValueError(
-                f"max_completion_length must be a positive number of tokens, got {self.max_completion_length}."
-            )
-        if self.use_liger_kernel:
-            raise ValueError(
-                "use_liger_kernel=True is not supported by STAPO: the Liger GRPO loss never exposes the per-token "
-                "probabilities and entropies that S2T needs. Set use_liger_kernel=False."
-            )
-        if self.spurious_token_log_steps < 0:
-            raise ValueError(
-                f"spurious_token_log_steps must be >= 0 (0 disables the record), got {self.spurious_token_log_steps}."
-            )
-        if self.spurious_token_log_max < 1:
-            raise ValueError(f"spurious_token_log_max must be >= 1, got {self.spurious_token_log_max}.")

@@ -41,14 +41,17 @@ __all__ = [
     "PROMPT_SUFFIX",
     "TRAINING_DATASETS",
     "TRANSFORMS",
+    "DatasetCheckError",
     "DatasetSpec",
     "answer_to_str",
     "build_prompt",
+    "check_training_rows",
     "dapo_chat_question",
     "load_benchmark",
     "load_raw_dataset",
     "load_training_dataset",
     "prepare_dataset",
+    "read_first_rows",
     "resolve_benchmark_spec",
     "resolve_training_spec",
     "strip_dapo_instructions",
@@ -364,8 +367,8 @@ def _describe(spec: DatasetSpec) -> str:
     return f"dataset {spec.name!r} [{where}]"
 
 
-def _check_columns(dataset: Dataset, spec: DatasetSpec) -> None:
-    columns = list(dataset.column_names)
+def _check_columns(columns: list[str], first_row: dict[str, Any] | None, spec: DatasetSpec) -> None:
+    """The question and answer columns exist (and a dotted path reaches into the first row)."""
     for role, path in (("question", spec.question_column), ("answer", spec.answer_column)):
         top = _top_column(path, columns)
         if top not in columns:
@@ -373,18 +376,129 @@ def _check_columns(dataset: Dataset, spec: DatasetSpec) -> None:
                 f"The {role} column {path!r} is missing from {_describe(spec)}; available columns: "
                 f"{columns}. Choose another with {role}_column=..."
             )
-        if top != path and len(dataset) > 0:
-            first = dataset[0]
+        if top != path and first_row is not None:
             try:
-                _get_field(first, path)
+                _get_field(first_row, path)
             except KeyError as exc:
-                value = first[top]
+                value = first_row[top]
                 inside = sorted(value) if isinstance(value, dict) else type(value).__name__
                 raise ValueError(
                     f"The {role} field {path!r} is missing from {_describe(spec)}: column {top!r} has no "
                     f"{str(exc)!r} (it holds {inside}); available columns: {columns}. Choose another with "
                     f"{role}_column=..."
                 ) from None
+
+
+#: Rows of a training set whose content is checked before training: `check_training_rows`.
+CHECKED_ROWS = 8
+
+
+class DatasetCheckError(ValueError):
+    """A training set's rows cannot be trained on (`check_training_rows`)."""
+
+
+def check_training_rows(columns: list[str], rows: list[dict[str, Any]], spec: DatasetSpec) -> None:
+    """Check the first rows of a training set before anything is trained on them (or, for a local file, loaded).
+
+    The set has rows, its question and answer columns exist, every row of `rows` has a question and a gold answer,
+    and math-verify (which the reward parses gold answers with, see `stapo_trl.rewards.grade`) reads a mathematical
+    expression in at least one of the answers: when it reads none, the column is not the answers (a question, a
+    name). Raises `DatasetCheckError` naming the dataset, the column and the row.
+    """
+    if not rows:
+        raise DatasetCheckError(f"{_describe(spec)} has no rows; accepted: a dataset with one problem per row.")
+    try:
+        _check_columns(columns, rows[0], spec)
+    except ValueError as error:
+        raise DatasetCheckError(str(error)) from None
+    from .rewards.extraction import gold_to_latex
+    from .rewards.verify import _parse_gold
+
+    question_fn, answer_fn = _transform(spec.question_transform), _transform(spec.answer_transform)
+    answers = []
+    for index, row in enumerate(rows):
+        question = _get_field(row, spec.question_column)
+        question = question_fn(question) if question_fn is not None else question
+        if question is None or not str(question).strip():
+            raise DatasetCheckError(
+                f"question_column {spec.question_column!r} of {_describe(spec)} is empty in row {index}; accepted: "
+                "a column holding each problem's text (choose it with question_column=...)."
+            )
+        answer = _get_field(row, spec.answer_column)
+        answers.append(answer_to_str(answer_fn(answer) if answer_fn is not None else answer))
+        if gold_to_latex(answers[-1]) is None:
+            raise DatasetCheckError(
+                f"answer_column {spec.answer_column!r} of {_describe(spec)} is empty in row {index}; accepted: a column "
+                "holding each problem's final answer, e.g. '42' or '\\frac{1}{2}' (choose it with answer_column=...)."
+            )
+    # math-verify returns the text itself last; an expression read from it comes before.
+    if not any(len(_parse_gold(gold_to_latex(answer), 5)) > 1 for answer in answers):
+        raise DatasetCheckError(
+            f"answer_column {spec.answer_column!r} of {_describe(spec)}: math-verify reads no mathematical expression "
+            f"in the first {len(answers)} answers (row 0: {answers[0][:60]!r}); accepted: a column holding each "
+            "problem's final answer, e.g. '42' or '\\frac{1}{2}' (choose it with answer_column=...)."
+        )
+
+
+def read_first_rows(spec: DatasetSpec, num_rows: int = CHECKED_ROWS) -> tuple[list[str], list[dict[str, Any]]] | None:
+    """The columns and the first `num_rows` rows of a local training file, read without `datasets` (which would
+    write the whole file to its cache first); `None` for a Hub dataset or a folder of data files, whose rows are
+    checked once `datasets` has loaded them."""
+    path = os.path.expanduser(spec.path)
+    suffix = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path) and _is_saved_to_disk(path):
+        dataset = load_raw_dataset(spec)  # memory-mapped where it lies, nothing is written
+        return list(dataset.column_names), dataset.select(range(min(num_rows, len(dataset)))).to_list()
+    if not os.path.isfile(path):
+        return None
+    if suffix in (".json", ".jsonl"):
+        return _first_json_rows(path, num_rows)
+    if suffix == ".csv":
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = [row for _, row in zip(range(num_rows), reader)]
+            return list(reader.fieldnames or []), rows
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(path)
+        batch = next(table.iter_batches(batch_size=num_rows), None)
+        return table.schema_arrow.names, [] if batch is None else batch.to_pylist()
+    return None
+
+
+def _first_json_rows(path: str, num_rows: int) -> tuple[list[str], list[dict[str, Any]]] | None:
+    """The first rows of a JSON Lines file, or of a JSON file holding a list of rows."""
+    import json
+
+    with open(path, encoding="utf-8") as handle:
+        head = handle.read(1)
+        while head and head.isspace():
+            head = handle.read(1)
+        handle.seek(0)
+        if head == "[":
+            rows = json.load(handle)[:num_rows]
+        elif head == "{":
+            rows = []
+            for number, line in enumerate(handle, start=1):
+                if len(rows) == num_rows:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    if number == 1:
+                        return None  # one JSON document, not JSON Lines: `datasets` reads it
+                    raise ValueError(f"dataset file {path}: line {number} is not valid JSON ({error.msg}).") from None
+        else:
+            rows = []
+    if not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"dataset file {path}: rows must be JSON objects (one problem per row).")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return columns, rows
 
 
 def _convert_batch(batch: dict[str, list[Any]], spec: DatasetSpec, suffix: str) -> dict[str, list[Any]]:
@@ -460,7 +574,7 @@ def prepare_dataset(dataset: Dataset, spec: DatasetSpec, suffix: str = PROMPT_SU
         kind = type(dataset).__name__
         hint = " (pick a split, e.g. dataset['train'])" if hasattr(dataset, "keys") else ""
         raise ValueError(f"prepare_dataset needs a datasets.Dataset for {_describe(spec)}, got {kind}{hint}")
-    _check_columns(dataset, spec)
+    _check_columns(list(dataset.column_names), dataset[0] if len(dataset) > 0 else None, spec)
     needed = sorted({_top_column(spec.question_column, dataset.column_names),
                      _top_column(spec.answer_column, dataset.column_names)})
     # Explicit output features: without them, `map` keeps the source type of a same-named column

@@ -8,7 +8,7 @@ Everything is built locally, nothing is downloaded:
   from a policy that is sometimes right (a group of 8 all-wrong completions carries no signal);
 - the settings of the RL run that follows (`demo_settings`), measured on a 2-core CPU machine.
 
-`stapo-train --config recipes/demo_cpu.yaml` (or `python train.py ...`) runs `run_demo`, the demo's entry: the
+`stapo-train --config demo_cpu` (or `python train.py ...`) runs `run_demo`, the demo's entry: the
 launcher's stages (`stapo_trl.launch`) with the demo's own data and model. `prepare_demo` builds and warm-starts
 them, `STAPOTrainer` trains with the settings of `demo_settings`, `DemoMetricsCallback` records the logs, one progress
 bar shows the run (`use_demo_progress_bar`) and `finish_demo` ends it: held-out accuracy, `summary.json` and the
@@ -530,10 +530,11 @@ def demo_settings(**overrides: Any) -> dict[str, Any]:
     completions per step in one micro-batch, DAPO loss without KL, 0/1 accuracy reward, temperature 1.0, learning
     rate 1e-4 decaying linearly to 0. `overrides` replace or add fields; an unknown field raises `TypeError`.
     """
+    from .arguments import DEMO_OUTPUT_DIR
     from .config import STAPOConfig
 
     settings: dict[str, Any] = dict(
-        output_dir="outputs/demo",
+        output_dir=DEMO_OUTPUT_DIR,
         use_cpu=True,
         bf16=False,
         report_to=[],

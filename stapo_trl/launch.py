@@ -7,22 +7,25 @@ preset), and `--config demo_cpu` runs the tiny CPU demo.
 
 The stages, each called once, in the order `stapo_trl.cli.main` runs them:
 
-    parse(argv) -> Run                   method preset < recipe (`read_recipe`, the one reader of --config) < flags
-    check(run) -> Run                    every check; nothing is downloaded or written (--dry-run stops after it)
+    request.read_request(argv)           the command line and the recipe (`request.read_recipe`, the one reader of
+                                         --config) as plain values, before TRL is imported
+    request.check_request(request)       every check on those values: one line within a second on a mistake
+    parse(request) -> Run                TRL's parser: method preset < recipe < flags; unknown flags and keys named
+    check(run) -> Run                    the checks that need the parsed settings: checkpoint, Hub, GPU
+    plan(run)                            --dry-run: the settings and batch arithmetic, then stop
     run_training(run)                    the entry of a run (the demo's is `stapo_trl.demo.run_demo`):
         announce(run)                    the resolved settings (printed, and in training_config.yaml), W&B, secrets out
                                          of the recorded command line
-        resolve(run) -> Resolved         data (downloaded, then checked), tokenizer, reward, model
+        resolve(run) -> Resolved         data (downloaded, then its rows checked), tokenizer, reward, model
         build_trainer(run, resolved)     `STAPOTrainer` and its callbacks
         train(trainer, run)              `trainer.train`, resumed from the checked checkpoint (downloaded if on the Hub)
         publish(trainer, run)            the final model and its card in output_dir, and on the Hub if asked
         report(run, trainer, result)     what the run did, as a dict and one line
 
-`stapo_trl.cli` turns an exception of `parse` or `check` into one line and exit code 2.
+Nothing is downloaded or written before `resolve`; `stapo_trl.cli` turns an exception of the stages before it into
+one line and exit code 2.
 """
 
-import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -30,18 +33,16 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from . import hub
-from .arguments import METHOD_PRESETS, REWARDS, STAPOScriptArguments
-from .config import STAPOConfig, fall_back_to_offline_wandb
-from .data import resolve_training_spec
+from .arguments import METHOD_PRESETS, REWARDS, STAPOScriptArguments, model_label
+from .config import STAPOConfig, fall_back_to_offline_wandb, hardware_precision
 from .hub import hub_preflight
-from .shipped import recipe_path
+from .request import Request, nearest, recipe_key_line
 
 __all__ = [
-    "METHOD_PRESETS", "REWARDS", "ModelArguments", "Run", "Resolved", "read_recipe", "parse", "check", "run_training",
+    "METHOD_PRESETS", "REWARDS", "ModelArguments", "Run", "Resolved", "parse", "check", "plan", "run_training",
     "announce", "resolve", "build_trainer", "train", "publish", "report",
 ]  # fmt: skip
 # Completions per optimizer update in the paper: 64 prompts x 8 rollouts.
@@ -71,22 +72,23 @@ def _raise_usage_error(message: str):
     raise UsageError(message)
 
 
-def make_parser(prog: str = "stapo-train") -> TrlParser:
+def make_parser(config_class: type[STAPOConfig] = STAPOConfig, prog: str = "stapo-train") -> TrlParser:
     """TRL's parser over the script's, STAPO/TRL's and the model's arguments; its errors raise `UsageError` instead
     of printing the whole usage (hundreds of options)."""
-    parser = TrlParser((STAPOScriptArguments, STAPOConfig, ModelArguments), prog=prog)
+    parser = TrlParser((STAPOScriptArguments, config_class, ModelArguments), prog=prog)
     parser.error = _raise_usage_error
     return parser
 
 
 @dataclass
 class Run:
-    """One run's settings as parsed: the script's, the trainer's and the model's arguments, and (after `check`) the
-    checkpoint to resume from (None for a fresh start)."""
+    """One run's settings as parsed: the script's, the trainer's and the model's arguments, the request they were
+    parsed from, and (after `check`) the checkpoint to resume from (None for a fresh start)."""
 
     script_args: STAPOScriptArguments
     args: STAPOConfig
     model_args: ModelArguments
+    request: Request
     checkpoint: str | hub.HubCheckpoint | None = None
 
     @property
@@ -96,85 +98,68 @@ class Run:
 
     @property
     def summary(self) -> str:
-        return resolved_summary(self.script_args, self.args, self.model_args)
+        """The resolved settings and the batch arithmetic, then any warning about the world size."""
+        return "\n".join([resolved_summary(self), *world_size_warnings(self)])
 
 
-def read_recipe(config: str) -> dict:
-    """The settings of the recipe given with `--config` (a file, or a shipped recipe by name such as
-    `qwen3-8b/stapo`: `stapo_trl.shipped.recipe_path`): the one place a recipe file is read."""
-    try:
-        path = recipe_path(config)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"--config: {error}") from None
-    recipe = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(recipe, dict):
-        raise ValueError(f"--config: {config} must contain a YAML mapping of settings.")
-    return recipe
+def parse(request: Request) -> Run:
+    """Parse a checked `Request` with TRL's parser: method preset < recipe (`--config`) < command line.
 
-
-def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
-    """The value of `--config` (or `--config=`) and the command line without it."""
-    rest, config, index = [], None, 0
-    while index < len(argv):
-        arg = argv[index]
-        if arg == "--config" and index + 1 < len(argv):
-            config, index = argv[index + 1], index + 2
-            continue
-        if arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-        index += 1
-    return config, rest
-
-
-def _peek(argv: list[str], recipe: dict) -> tuple[str, bool, str | None]:
-    """Method, demo flag and model, from the command line or the recipe, before the full parse sets defaults."""
-    peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--method")
-    peek.add_argument("--demo", nargs="?", const="true")
-    peek.add_argument("--model", "--model_name_or_path", "--model-name-or-path", dest="model")
-    known, _ = peek.parse_known_args(argv)
-    method = known.method or recipe.get("method", "stapo")
-    demo = str(known.demo if known.demo is not None else recipe.get("demo", False)).lower() in ("true", "1", "yes")
-    model = known.model or recipe.get("model_name_or_path")
-    return method, demo, model
-
-
-def parse(argv: list[str] | None = None) -> Run:
-    """Parse `stapo-train`'s arguments: method preset < recipe (`--config`) < command line."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    config, argv = _split_config_flag(argv)
-    recipe = read_recipe(config) if config else {}
-    method, demo, model = _peek(argv, recipe)
-    if method not in METHOD_PRESETS:
-        raise ValueError(f"method must be one of {', '.join(METHOD_PRESETS)}, got {method!r}.")
-    if not demo and not model:
-        raise ValueError(
-            "model_name_or_path (or --model) is required, e.g. --model Qwen/Qwen3-8B-Base; "
-            "on a machine without a GPU try the CPU demo: stapo-train --config demo_cpu."
-        )
-    label = model_label(model, demo)
-    if demo:
+    A dry run is parsed as on the processes the run is sized for (`request.target_world_size`), so that TRL derives
+    the batch arithmetic of the real run, and with bf16/fp16 left to those GPUs when this machine has none.
+    """
+    world_size = request.target_world_size if request.dry_run else request.world_size
+    label = model_label(request.model, request.demo)
+    if request.demo:
         from .demo import demo_settings
 
         defaults = demo_settings()
     else:
-        defaults = paper_recipe(int(os.environ.get("WORLD_SIZE", "1")))
-        defaults["output_dir"] = os.path.join("outputs", label, method)
-    parser = make_parser()
-    parser.set_defaults(run_name=f"{method}-{label}", **{**defaults, **METHOD_PRESETS[method]})
-    for key, value in recipe.pop("env", {}).items():  # TRL's `env:` section of a config file
-        os.environ[key] = str(value)
-    unknown = parser.set_defaults_with_config(**recipe)
+        defaults = {**paper_recipe(world_size), "output_dir": request.output_dir}
+    parser = make_parser(config_for_world_size(world_size) if world_size != request.world_size else STAPOConfig)
+    parser.set_defaults(run_name=f"{request.method}-{label}", **{**defaults, **METHOD_PRESETS[request.method]})
+    unknown = parser.set_defaults_with_config(**request.recipe)
     if unknown:
-        raise ValueError(f"Unknown arguments from config file: {unknown}.")
+        key = unknown[0][2:]
+        line = recipe_key_line(request.config, key)
+        raise ValueError(f"{request.config}{f' line {line}' if line else ''}: unknown key {key!r}"
+                         f"{nearest(key, known_settings(parser))} (stapo-train --help-all lists every setting)")  # fmt: skip
+    options = set(parser._option_string_actions)
+    for token in request.argv:
+        flag = token.split("=", 1)[0]
+        if flag.startswith("--") and flag not in options:
+            raise UsageError(f"unknown option {flag}{nearest(flag, options)} (stapo-train --help-all lists them all)")
+    argv = request.argv + [f"--{name}=false" for name in precision_left_to_the_gpus(request)]
     script_args, args, model_args = parser.parse_args_into_dataclasses(args=argv)
-    return Run(script_args, args, model_args)
+    return Run(script_args, args, model_args, request)
 
 
-def model_label(model_name_or_path: str | None, demo: bool) -> str:
-    return "tiny-demo" if demo else str(model_name_or_path).rstrip("/").split("/")[-1]
+def known_settings(parser) -> list[str]:
+    """Every setting name the parser takes (the recipe keys it accepts)."""
+    return [action.dest for action in parser._actions if action.dest != "help"]
+
+
+def precision_left_to_the_gpus(request: Request) -> list[str]:
+    """bf16/fp16 asked for in a dry run on a machine without a GPU that has it: parsed off here (transformers refuses
+    them), shown as the run's precision and noted as not checked."""
+    if not request.dry_run or hardware_precision() != "fp32":
+        return []
+    asked = [name for name in ("bf16", "fp16") if request.explicit.get(name) is True]
+    if asked:
+        request.notes.append(f"{'/'.join(asked)}: the GPUs of the run must support it (this machine has no CUDA device)")
+    return asked
+
+
+def config_for_world_size(world_size: int) -> type[STAPOConfig]:
+    """`STAPOConfig` as TRL derives it on `world_size` processes (`TrainingArguments.world_size` is a property of the
+    running processes), for a dry run on a machine that has fewer."""
+
+    class PlannedSTAPOConfig(STAPOConfig):
+        @property
+        def world_size(self):
+            return world_size
+
+    return PlannedSTAPOConfig
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -183,26 +168,33 @@ def model_label(model_name_or_path: str | None, demo: bool) -> str:
 
 
 def check(run: Run) -> Run:
-    """Run every check of `run` before anything is downloaded or written; returns it with the checkpoint to resume."""
+    """The checks that need the parsed settings (those on plain values ran in `stapo_trl.request.check_request`):
+    the checkpoint to resume, the Hub, the GPU; returns `run` with the checkpoint to resume from.
+
+    In a dry run, what this machine cannot check (a GPU for a real model) becomes a note instead.
+    """
     from accelerate import PartialState
 
-    script_args, args, model_args = run.script_args, run.args, run.model_args
-    state = PartialState()
-    if state.is_main_process:
-        check_output_dir(args.output_dir)
-    if not script_args.demo:  # an unknown name or a missing local path fails before any download
-        resolve_training_spec(
-            script_args.dataset_name,
-            path=script_args.dataset_path,
-            config=script_args.dataset_config,
-            split=script_args.dataset_split,
-        )
-    if args.push_to_hub and state.is_main_process:
+    args = run.args
+    if args.push_to_hub and PartialState().is_main_process:
         hub_preflight(args.hub_model_id, args.hub_token)
     run.checkpoint = resume_checkpoint(args)
-    check_vllm_installed(args)
-    check_accelerator(script_args, args, model_args)
+    try:
+        check_accelerator(run.script_args, args, run.model_args)
+    except RuntimeError:
+        if not run.request.dry_run:
+            raise
+        run.request.notes.append(f"a GPU for {run.model_args.model_name_or_path} (this machine has no CUDA device)")
     return run
+
+
+def plan(run: Run) -> str:
+    """What `--dry-run` prints: the resolved settings and batch arithmetic, what this machine could not check, and
+    that nothing was downloaded or written."""
+    lines = [run.summary]
+    lines += [f"not checked here: {note}" for note in run.request.notes]
+    lines.append("All checks passed; nothing was downloaded or written (--dry-run).")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -254,10 +246,10 @@ def resolve(run: Run) -> Resolved:
     """The run's data, tokenizer, reward and model: the dataset is downloaded and checked before the tokenizer."""
     from transformers import AutoTokenizer
 
-    from .data import load_training_dataset
+    from .data import CHECKED_ROWS, check_training_rows, load_raw_dataset, prepare_dataset, resolve_training_spec
 
     script_args, args, model_args = run.script_args, run.args, run.model_args
-    dataset = load_training_dataset(
+    spec = resolve_training_spec(
         script_args.dataset_name,
         path=script_args.dataset_path,
         config=script_args.dataset_config,
@@ -265,6 +257,9 @@ def resolve(run: Run) -> Resolved:
         question_column=script_args.question_column,
         answer_column=script_args.answer_column,
     )
+    raw = load_raw_dataset(spec)
+    check_training_rows(list(raw.column_names), raw.select(range(min(CHECKED_ROWS, len(raw)))).to_list(), spec)
+    dataset = prepare_dataset(raw, spec)
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=args.trust_remote_code
     )
@@ -429,9 +424,17 @@ def redact_secrets(argv: list[str]) -> list[str]:
     return redacted
 
 
-def resolved_summary(script_args: STAPOScriptArguments, args: STAPOConfig, model_args: ModelArguments) -> str:
-    """The settings that decide a run, with the batch arithmetic spelled out."""
+def resolved_summary(run: Run) -> str:
+    """The settings that decide a run, with the batch arithmetic spelled out (in a dry run, on the processes the run
+    is sized for)."""
+    script_args, args, model_args, request = run.script_args, run.args, run.model_args, run.request
     world = args.world_size
+    precision = next((name for name in ("bf16", "fp16") if getattr(args, name) or request.explicit.get(name) is True),
+                     "fp32")  # fmt: skip
+    if request.dry_run and precision == "fp32" and not args.use_cpu and "bf16" not in request.explicit:
+        precision = "bf16 where the GPUs have it (fp32 on this machine)"  # `hardware_bf16` decides at the launch
+    processes = f"{world}" + (f" ({request.target_source}; this machine runs {request.world_size})"
+                              if request.dry_run and world != request.world_size else "")  # fmt: skip
     per_step = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
     tau_h = (
         f"{args.spurious_entropy_threshold} nats"
@@ -443,7 +446,8 @@ def resolved_summary(script_args: STAPOScriptArguments, args: STAPOConfig, model
     lines = [
         f"method              {script_args.method}",
         f"model               {'tiny demo model (built locally)' if script_args.demo else model_args.model_name_or_path}",
-        f"dataset             {'demo arithmetic' if script_args.demo else script_args.dataset_name}",
+        f"dataset             {'demo arithmetic' if script_args.demo else dataset_label(script_args)}, reward "
+        f"{script_args.reward}",
         f"S2T                 {'on' if args.silence_spurious_tokens else 'off'}: tau_p = {args.spurious_prob_threshold},"
         f" tau_h = {tau_h}",
         f"loss                {args.loss_type}, clip [{1 - args.epsilon:g}, {1 + args.epsilon_high:g}], beta {args.beta},"
@@ -451,7 +455,7 @@ def resolved_summary(script_args: STAPOScriptArguments, args: STAPOConfig, model
         + (" (renormalised)" if args.renormalize_entropy_mask else ""),
         f"optimiser           lr {args.learning_rate:g} ({scheduler}, warm-up {args.warmup_steps}),"
         f" weight decay {args.weight_decay}, grad clip {args.max_grad_norm}",
-        f"processes           {world}, {'bf16' if args.bf16 else 'fp16' if args.fp16 else 'fp32'}",
+        f"processes           {processes}, {precision}",
         f"micro-batch         {args.per_device_train_batch_size} completions per device,"
         f" gradient accumulation {args.gradient_accumulation_steps}",
         f"per generation      {args.generation_batch_size // args.num_generations} prompts x {args.num_generations}"
@@ -469,25 +473,35 @@ def resolved_summary(script_args: STAPOScriptArguments, args: STAPOConfig, model
     return "\n".join(lines)
 
 
-def check_output_dir(output_dir: str) -> None:
-    """Fail now, not at the first checkpoint, when the output directory could not be created or written.
-
-    Nothing is created: the directory appears only when training starts, so a failed start leaves no empty folder.
-    """
-    path = Path(output_dir).expanduser().absolute()
-    existing = next(parent for parent in (path, *path.parents) if parent.exists())
-    if not existing.is_dir():
-        raise PermissionError(f"output_dir {output_dir!r} is not writable: {str(existing)!r} is a file, not a folder.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"output_dir {output_dir!r} is not writable: no write permission on {str(existing)!r}.")
+def dataset_label(script_args: STAPOScriptArguments) -> str:
+    """The training set as the summary names it: name, then what overrides its registered location."""
+    overrides = [f"{name} {value!r}" for name, value in (("path", script_args.dataset_path),
+                 ("config", script_args.dataset_config), ("split", script_args.dataset_split)) if value]  # fmt: skip
+    return script_args.dataset_name + (f" ({', '.join(overrides)})" if overrides else "")
 
 
-def check_vllm_installed(args: STAPOConfig) -> None:
-    """`--use_vllm` needs vLLM, which is an optional extra of this package."""
-    if args.use_vllm and importlib.util.find_spec("vllm") is None:
-        raise ModuleNotFoundError(
-            'use_vllm=True but vLLM is not installed: pip install "stapo-trl[vllm]" (or set --use_vllm false).'
-        )
+def world_size_warnings(run: Run) -> list[str]:
+    """A warning when this launch's processes would give another per-update batch than the processes the run is
+    sized for (a recipe's fixed gradient accumulation on fewer GPUs); none when they agree."""
+    request, args = run.request, run.args
+    target, present = request.target_world_size, request.world_size
+    fixed = run.script_args.demo or "gradient_accumulation_steps" in request.explicit
+
+    def per_update(world: int) -> int:
+        accumulation = args.gradient_accumulation_steps if fixed else paper_recipe(world)["gradient_accumulation_steps"]
+        return args.per_device_train_batch_size * world * accumulation
+
+    if target == present or per_update(target) == per_update(present):
+        return []
+    sized, here = per_update(target), per_update(present)
+    paper = ", the paper's" if sized == PAPER_COMPLETIONS_PER_UPDATE else ""
+    accumulation = sized // (args.per_device_train_batch_size * present)
+    return [
+        f"warning: launched as here ({present} process{'es' if present > 1 else ''}), an update would be {here} "
+        f"completions ({here // args.num_generations} prompts), not the {sized} ({sized // args.num_generations} "
+        f"prompts{paper}) of {target} processes: launch it on {target} (accelerate launch --num_processes {target}), "
+        f"or set gradient_accumulation_steps {accumulation}."
+    ]
 
 
 def check_accelerator(script_args: STAPOScriptArguments, args: STAPOConfig, model_args: ModelArguments) -> None:

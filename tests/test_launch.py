@@ -11,13 +11,17 @@ from conftest import tiny_model, tiny_tokenizer
 
 from stapo_trl import launch
 from stapo_trl.launch import check, configure_wandb, hub_preflight, parse
+from stapo_trl.request import check_request, read_request
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "datasets" / "dapo-math-17k.jsonl"
 
 
 def parse_args(argv):
-    run = parse(argv)
+    """`stapo-train`'s reading, checks of the plain values and parse."""
+    request = read_request(argv)
+    check_request(request)
+    run = parse(request)
     return run.script_args, run.args, run.model_args
 
 
@@ -83,16 +87,16 @@ def test_bad_arguments_fail_with_the_field_name(argv, message):
 def test_unknown_dataset_fails_before_any_download(tmp_path, monkeypatch):
     monkeypatch.setattr(launch, "resolve", lambda *args: pytest.fail("the run must not start"))
     with pytest.raises(ValueError, match="dapo-math-18k"):
-        check(parse(["--model", "m/x", "--dataset_name", "dapo-math-18k", "--output_dir", str(tmp_path), "--report_to", "none"]))
+        parse_args(["--model", "m/x", "--dataset_name", "dapo-math-18k", "--output_dir", str(tmp_path), "--report_to", "none"])
 
 
 def test_hub_preflight_fails_fast_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(launch, "resolve", lambda *args: pytest.fail("the model must not be loaded"))
     with pytest.raises(ConnectionError, match="HF_HUB_OFFLINE=1"):
-        check(parse(
+        check(parse(read_request(
             ["--model", "m/x", "--output_dir", str(tmp_path), "--report_to", "none", "--push_to_hub",
              "--hub_model_id", "me/stapo-test"]
-        ))  # fmt: skip
+        )))  # fmt: skip
     with pytest.raises(ValueError, match="hub_model_id"):
         hub_preflight(None)
 
@@ -173,3 +177,40 @@ def test_demo_recipe_runs_a_few_steps(tmp_path):
     assert all("stapo/masked_frac" in record for record in records if "reward" in record)
     for name in ("metrics.csv", "training_curves.png", "model.safetensors", "warm_start.json"):
         assert (output_dir / name).stat().st_size > 0, name
+
+
+def test_trl_grpo_keys_mean_the_same(tmp_path):
+    """`trl grpo`'s dataset keys and reward name, in a config and on the command line."""
+    config = tmp_path / "grpo.yaml"
+    config.write_text(
+        f"model_name_or_path: m/x\ndataset_name: {FIXTURE}\ndataset_config: null\ndataset_train_split: train\n"
+        "dataset_streaming: false\nreward_funcs: [accuracy_reward]\nignore_bias_buffers: false\n"
+        "question_column: prompt\nanswer_column: solution\n"
+    )
+    script_args, _, _ = parse_args(["--config", str(config)])
+    assert (script_args.dataset_name, script_args.dataset_config) == (str(FIXTURE), None)
+    assert (script_args.dataset_split, script_args.reward) == ("train", "accuracy")
+    script_args, _, _ = parse_args(["--config", str(config), "--dataset_train_split", "test", "--reward_funcs",
+                                    "accuracy_reward"])  # fmt: skip
+    assert script_args.dataset_split == "test"
+
+
+def test_a_dataset_read_only_by_datasets_is_checked_before_the_tokenizer(tmp_path, monkeypatch):
+    """A folder of data files (like a Hub dataset) is checked right after `datasets` loads it, before the model."""
+    import datasets
+    import transformers
+
+    from stapo_trl.data import DatasetCheckError
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(json.dumps({"problem": "What is 1+1?", "solution": "2"}) + "\n")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    monkeypatch.setattr(
+        transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: pytest.fail("the tokenizer was loaded first")
+    )
+    request = read_request(["--model", "m/x", "--dataset_name", str(folder), "--output_dir", str(tmp_path / "out")])
+    check_request(request)
+    assert request.notes == [f"dataset {folder}: its rows are checked right after the download, before the model"]
+    with pytest.raises(DatasetCheckError, match="The answer column 'answer' is missing"):
+        launch.resolve(parse(request))

@@ -24,6 +24,7 @@ from trl import ModelConfig, TrlParser
 
 from stapo_trl.arguments import STAPOScriptArguments
 from stapo_trl.config import STAPOConfig
+from stapo_trl.launch import config_for_world_size
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_DIR = REPO / "accelerate_configs"
@@ -169,22 +170,11 @@ def _split_recipe(recipe):
 CPU_OVERRIDES = dict(bf16=False, use_vllm=False)
 
 
-def _config_class_with_world_size(world_size):
-    """STAPOConfig as it is built on `world_size` processes (TrainingArguments.world_size is a property)."""
-
-    class _Config(STAPOConfig):
-        @property
-        def world_size(self):
-            return world_size
-
-    return _Config
-
-
 def _config_on(world_size, recipe, tmp_path, **overrides):
     _, config_kwargs, _ = _split_recipe(recipe)
     config_kwargs.update(CPU_OVERRIDES, **overrides)
     config_kwargs["output_dir"] = str(tmp_path)
-    return _config_class_with_world_size(world_size)(**config_kwargs)
+    return config_for_world_size(world_size)(**config_kwargs)
 
 
 def _launch_args(config_file, extra=()):
@@ -561,7 +551,7 @@ def test_slurm_command_keeps_the_paper_batch_on_4_nodes(model, method, monkeypat
     assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "3"
 
     # train.py's parse on 32 processes: same generation and update batches as the recipe on 8.
-    parser = TrlParser((STAPOScriptArguments, _config_class_with_world_size(32), ModelConfig))
+    parser = TrlParser((STAPOScriptArguments, config_for_world_size(32), ModelConfig))
     _, config, _ = parser.parse_args_and_config(
         [*train_args, "--output_dir", str(tmp_path), "--bf16", "false", "--use_vllm", "false"]
     )

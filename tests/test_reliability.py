@@ -13,6 +13,7 @@ from conftest import tiny_model, tiny_tokenizer
 
 from stapo_trl import launch
 from stapo_trl.launch import CorruptCheckpointError, check, check_checkpoint, parse
+from stapo_trl.request import check_request, read_request
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -36,7 +37,9 @@ def no_loading(monkeypatch):
 
 def main(argv):
     """The stages of `stapo-train` before anything is loaded."""
-    return check(parse(argv))
+    request = read_request(argv)
+    check_request(request)
+    return check(parse(request))
 
 
 def _checkpoint(tmp_path, step):
@@ -166,7 +169,7 @@ def test_planted_secrets_never_reach_disk_or_logs(tmp_path):
 
 
 def test_remote_code_is_off_unless_asked():
-    assert parse(["--model", "m/x"]).args.trust_remote_code is False
+    assert parse(read_request(["--model", "m/x"])).args.trust_remote_code is False
 
 
 def test_redact_secrets():
