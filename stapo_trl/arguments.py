@@ -284,11 +284,6 @@ def check_training_settings(settings: Mapping[str, Any]) -> None:
     threshold = settings.get("spurious_entropy_threshold")
     if threshold is not None and not threshold >= 0.0:
         raise ValueError(f"spurious_entropy_threshold must be None or >= 0 (nats), got {threshold}.")
-    if quantile == 0 and threshold is None and settings.get("silence_spurious_tokens", True):
-        raise ValueError(
-            "spurious_entropy_quantile=0 silences no token (no entropy is below the smallest candidate's): accepted "
-            "values are in (0, 1] (the paper uses 0.75); to train without S2T set silence_spurious_tokens false."
-        )
     budget = settings.get("spurious_scoring_token_budget")
     if budget is not None and budget < 1:
         raise ValueError(

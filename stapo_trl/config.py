@@ -76,8 +76,8 @@ such as a T4, fp32 on a CPU), and W&B without an API key logs
         spurious_prob_threshold (`float`, *optional*, defaults to `0.002`):
             τ_p: a positive-advantage token whose probability is below this value is a candidate. Range: (0, 1].
         spurious_entropy_quantile (`float`, *optional*, defaults to `0.75`):
-            q: candidates whose entropy is below the q-quantile of the candidates' entropies are silenced. `1.0`
-            silences every candidate; `0.0`, which silences none, is refused while S2T is on. Range: [0, 1].
+            q: candidates whose entropy is below the q-quantile of the candidates' entropies are silenced. `0.0`
+            silences nothing and `1.0` silences every candidate. Range: [0, 1].
         spurious_entropy_threshold (`float` or `None`, *optional*, defaults to `None`):
             Absolute entropy threshold τ_h (in nats). When set, it replaces `spurious_entropy_quantile`. Range: >= 0.
         spurious_stats_scope (`str`, *optional*, defaults to `"step"`):

@@ -345,17 +345,24 @@ def _flag_names(request: Request) -> list[str]:
 
 
 def check_method_settings(request: Request) -> None:
-    """An explicit S2T switch agrees with the method: `--method stapo` with S2T off would be JustRL under STAPO's
-    name (and folder), and any other method with S2T on would be STAPO under another name."""
+    """The S2T settings agree with the method: `--method stapo` with S2T off would be JustRL under STAPO's name (and
+    folder), any other method with S2T on would be STAPO under another name, and a quantile of 0 with S2T on
+    silences nothing (the Python API keeps 0 for that purpose; on the command line it is a mistake)."""
     silence = request.explicit.get("silence_spurious_tokens")
     preset = METHOD_PRESETS[request.method]["silence_spurious_tokens"]
-    if silence is None or silence == preset:
-        return
-    if request.method == "stapo":
+    if silence is not None and silence != preset and request.method == "stapo":
         raise ValueError("silence_spurious_tokens=false contradicts method stapo (STAPO is S2T on); accepted: true, "
                          "or --method justrl for the same recipe without S2T.")  # fmt: skip
-    raise ValueError(f"silence_spurious_tokens=true contradicts method {request.method} (S2T off); accepted: false, "
-                     "or --method stapo for S2T.")  # fmt: skip
+    if silence is not None and silence != preset:
+        raise ValueError(f"silence_spurious_tokens=true contradicts method {request.method} (S2T off); accepted: "
+                         "false, or --method stapo for S2T.")  # fmt: skip
+    silencing = preset if silence is None else silence
+    if silencing and request.explicit.get("spurious_entropy_quantile") == 0 and \
+            request.explicit.get("spurious_entropy_threshold") is None:  # fmt: skip
+        raise ValueError(
+            "spurious_entropy_quantile=0 silences no token (no entropy is below the smallest candidate's): accepted "
+            "values are in (0, 1] (the paper uses 0.75); to train without S2T use --method justrl."
+        )
 
 
 def check_output_dir(output_dir: str) -> None:

@@ -96,7 +96,7 @@ CHECKS = {
     "quantile 0": (
         [*HUB_MODEL, "--spurious_entropy_quantile", "0"],
         "spurious_entropy_quantile=0 silences no token (no entropy is below the smallest candidate's): accepted "
-        "values are in (0, 1] (the paper uses 0.75); to train without S2T set silence_spurious_tokens false.",
+        "values are in (0, 1] (the paper uses 0.75); to train without S2T use --method justrl.",
         BEFORE_TRL,
     ),
     "misspelt --model": (
