@@ -13,7 +13,8 @@ from huggingface_hub import ModelCard
 
 from conftest import tiny_model
 from stapo_trl import hub
-from stapo_trl.launch import parse
+from stapo_trl.launch import parse as parse_request
+from stapo_trl.request import check_request, read_request
 from stapo_trl.tiny import build_char_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,6 +195,13 @@ def test_justrl_run_pushes_checkpoints_and_a_later_run_resumes_from_the_hub(mode
         "there: last-checkpoint;"
     )
     assert not (tmp_path / "resumed" / "checkpoint-4").exists()
+
+
+def parse(argv):
+    """`stapo-train`'s reading, checks before TRL and parse of `argv`."""
+    request = read_request(argv)
+    check_request(request)
+    return parse_request(request)
 
 
 def test_training_config_reruns_the_same_settings(tmp_path):
