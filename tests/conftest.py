@@ -2,6 +2,7 @@
 
 import copy
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -12,7 +13,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from stapo_trl.tiny import build_addition_tokenizer, build_tiny_qwen3
+from stapo_trl.tiny import build_addition_tokenizer, build_char_tokenizer, build_tiny_qwen3
+
+DATASET_FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 
 
 def tiny_tokenizer():
@@ -21,6 +24,33 @@ def tiny_tokenizer():
 
 def tiny_model(tokenizer, seed=0, max_position_embeddings=128):
     return build_tiny_qwen3(tokenizer, "test", seed=seed, max_position_embeddings=max_position_embeddings)
+
+
+@pytest.fixture(scope="module")
+def fixture_model_dir(tmp_path_factory):
+    """A saved tiny model whose character tokenizer covers the training and benchmark fixtures (`DATASET_FIXTURES`)."""
+    corpus = [path.read_text() for path in sorted(DATASET_FIXTURES.glob("*.jsonl"))] + ["\\boxed{}0123456789"]
+    tokenizer = build_char_tokenizer(corpus)
+    directory = tmp_path_factory.mktemp("tiny-model")
+    tiny_model(tokenizer, max_position_embeddings=4096).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def current_logps_and_entropies(trainer, inputs):
+    """``(B, T)`` log-probs and entropies of the trainer's policy on a micro-batch, through TRL's own fused pass."""
+    from trl import GRPOTrainer
+
+    with torch.no_grad():
+        logps, entropies, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+            trainer,
+            trainer.model,
+            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
+            inputs["completion_ids"].size(1),
+            compute_entropy=True,
+        )
+    return logps, entropies
 
 
 def addition_dataset(num=16):

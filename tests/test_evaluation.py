@@ -19,7 +19,7 @@ from conftest import tiny_model
 from stapo_trl import evaluation as ev
 from stapo_trl.evaluate import main
 from stapo_trl.evaluation import pipeline
-from stapo_trl.tiny import build_addition_tokenizer, build_char_tokenizer
+from stapo_trl.tiny import build_addition_tokenizer
 
 TESTS = Path(__file__).parent
 FIXTURES = TESTS / "fixtures"
@@ -588,26 +588,16 @@ def test_data_parallel_generator_splits_and_reassembles(monkeypatch, start_metho
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    corpus = [path.read_text() for path in sorted(DATASETS.glob("*.jsonl"))] + ["\\boxed{}0123456789"]
-    tokenizer = build_char_tokenizer(corpus)
-    directory = tmp_path_factory.mktemp("tiny-model")
-    tiny_model(tokenizer, max_position_embeddings=4096).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
 def fixture_paths():
     return [f"{name}={DATASETS / (name + '.jsonl')}" for name in ALL_BENCHMARKS]
 
 
-def test_cli_end_to_end_with_the_transformers_backend(tiny_model_dir, tmp_path, capsys, monkeypatch):
+def test_cli_end_to_end_with_the_transformers_backend(fixture_model_dir, tmp_path, capsys, monkeypatch):
     from stapo_trl.data import PROMPT_SUFFIX
 
     out = tmp_path / "out"
     argv = [
-        "--model", str(tiny_model_dir), "--backend", "transformers", "--output_dir", str(out),
+        "--model", str(fixture_model_dir), "--backend", "transformers", "--output_dir", str(out),
         "--benchmark_path", *fixture_paths(), "--n", "2", "aime24=3", "--max_new_tokens", "8",
         "--max_problems", "2", "--no_progress", "--run_name", "tiny",
     ]
@@ -616,7 +606,7 @@ def test_cli_end_to_end_with_the_transformers_backend(tiny_model_dir, tmp_path, 
     results = json.loads((out / ev.EVAL_RESULTS_FILE).read_text())
     assert printed == (out / ev.EVAL_MARKDOWN_FILE).read_text() == ev.format_results_markdown(results)
     assert results["run_name"] == "tiny"
-    assert results["model"] == str(tiny_model_dir) and results["model_revision"] == "local"
+    assert results["model"] == str(fixture_model_dir) and results["model_revision"] == "local"
     assert results["settings"]["decoding"] == "training"
     assert (results["settings"]["temperature"], results["settings"]["top_p"]) == (1.0, 1.0)
     assert results["settings"]["max_new_tokens"] == 8 and results["settings"]["backend"] == "transformers"

@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from conftest import tiny_model
 from stapo_trl import hub
 from stapo_trl.launch import parse as parse_request
 from stapo_trl.request import check_request, read_request
-from stapo_trl.tiny import build_char_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO / "tests" / "fixtures" / "datasets"
@@ -35,17 +33,6 @@ MODEL_FILES = {
     "tokenizer_config.json",
     "training_config.yaml",
 }
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny model whose character tokenizer covers the training and benchmark fixtures."""
-    corpus = [path.read_text() for path in sorted(DATASETS.glob("*.jsonl"))] + ["\\boxed{}0123456789"]
-    tokenizer = build_char_tokenizer(corpus)
-    directory = tmp_path_factory.mktemp("tiny-model")
-    tiny_model(tokenizer, max_position_embeddings=4096).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def hub_env(fake_hub_root, **extra):
@@ -69,9 +56,9 @@ def run(command, argv, env, cwd, expect=0):
     return completed
 
 
-def train_argv(model_dir, output_dir, method, *extra):
+def train_argv(fixture_model_dir, output_dir, method, *extra):
     return [
-        "--model", str(model_dir), "--method", method, "--dataset_name", "dapo-math-17k",
+        "--model", str(fixture_model_dir), "--method", method, "--dataset_name", "dapo-math-17k",
         "--dataset_path", str(DATASETS / "dapo-math-17k.jsonl"), "--output_dir", str(output_dir),
         "--bf16", "false", "--use_cpu", "true", "--per_device_train_batch_size", "4", "--generation_batch_size", "4",
         "--gradient_accumulation_steps", "1", "--num_generations", "2", "--max_completion_length", "4",
@@ -90,10 +77,10 @@ def card_of(root, repo_id):
     return ModelCard.load(root / "repos" / repo_id / "README.md")
 
 
-def test_stapo_run_uploads_the_model_only_and_stapo_eval_adds_its_results_to_the_card(model_dir, tmp_path):
+def test_stapo_run_uploads_the_model_only_and_stapo_eval_adds_its_results_to_the_card(fixture_model_dir, tmp_path):
     root, output_dir, repo_id = tmp_path / "hub", tmp_path / "run", "tester/stapo-tiny"
     argv = train_argv(
-        model_dir, output_dir, "stapo", "--report_to", "wandb",
+        fixture_model_dir, output_dir, "stapo", "--report_to", "wandb",
         "--push_to_hub", "--hub_model_id", repo_id, "--hub_strategy", "end",
     )  # fmt: skip
     # Records of an earlier run in the same folder (a random tiny model earns no reward, so this one silences
@@ -152,10 +139,10 @@ def test_stapo_run_uploads_the_model_only_and_stapo_eval_adds_its_results_to_the
         assert pushed.data.tags == card.data.tags and "## Evaluation\n\n| benchmark |" in pushed.text
 
 
-def test_justrl_run_pushes_checkpoints_and_a_later_run_resumes_from_the_hub(model_dir, tmp_path):
+def test_justrl_run_pushes_checkpoints_and_a_later_run_resumes_from_the_hub(fixture_model_dir, tmp_path):
     root, repo_id = tmp_path / "hub", "tester/justrl-tiny"
     argv = train_argv(
-        model_dir, tmp_path / "run", "justrl", "--report_to", "none", "--push_to_hub", "--hub_model_id", repo_id,
+        fixture_model_dir, tmp_path / "run", "justrl", "--report_to", "none", "--push_to_hub", "--hub_model_id", repo_id,
         "--hub_strategy", "checkpoint",
     )  # fmt: skip
     run("stapo-train", argv, hub_env(root), cwd=tmp_path)
@@ -177,7 +164,7 @@ def test_justrl_run_pushes_checkpoints_and_a_later_run_resumes_from_the_hub(mode
 
     # A later run resumes from the pushed checkpoint: checked on the Hub before anything loads, then downloaded.
     resumed_dir = tmp_path / "resumed"
-    argv = train_argv(model_dir, resumed_dir, "justrl", "--report_to", "none", "--max_steps", "3")
+    argv = train_argv(fixture_model_dir, resumed_dir, "justrl", "--report_to", "none", "--max_steps", "3")
     run("stapo-train", [*argv, "--resume_from_checkpoint", f"hf://{repo_id}@main"], hub_env(root), cwd=tmp_path)
     downloads = [call for call in fake_hub.calls(root) if call["operation"] == "snapshot_download"]
     assert downloads == [{"operation": "snapshot_download", "repo_id": repo_id, "revision": "main",

@@ -11,7 +11,8 @@ import pytest
 import torch
 from conftest import build_trainer, hand_batch, loss_grads_and_spurious
 from test_step_scope import SHAPES, assert_step_matches, own_thresholds
-from test_trainer import current_logps_and_entropies, thresholds_that_silence_some
+from conftest import current_logps_and_entropies
+from test_trainer import thresholds_that_silence_some
 
 from stapo_trl import STAPOConfig, STAPOTrainer
 

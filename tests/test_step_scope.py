@@ -7,7 +7,7 @@ weights and inputs alone. tests/test_multiprocess.py runs the same cases on two 
 
 import pytest
 import torch
-from conftest import addition_dataset, build_trainer, digit_count_reward, hand_batch
+from conftest import addition_dataset, build_trainer, current_logps_and_entropies, digit_count_reward, hand_batch
 from step_reference import RecordingSTAPOTrainer, whole_step_reference
 from transformers import TrainerCallback
 
@@ -304,23 +304,8 @@ def test_generation_time_entropies_are_the_policys_own(tmp_path, variant):
     trainer.model.load_state_dict(step["weights"])
     trainer.model.eval()
     mask = inputs["completion_mask"].bool()
-    torch.testing.assert_close(reused_entropies[mask], policy_entropies(trainer, inputs)[mask])
+    torch.testing.assert_close(reused_entropies[mask], current_logps_and_entropies(trainer, inputs)[1][mask])
     if variant == "peft-reference":  # the reference pass through the disabled adapter gives other entropies
         with trainer.model.disable_adapter():
-            assert not torch.allclose(reused_entropies[mask], policy_entropies(trainer, inputs)[mask], atol=1e-4)
-
-
-def policy_entropies(trainer, inputs):
-    """``(B, T)`` entropies of the trainer's model on a micro-batch, through TRL's own fused pass."""
-    from trl import GRPOTrainer
-
-    with torch.no_grad():
-        _, entropies, _ = GRPOTrainer._get_per_token_logps_and_entropies(
-            trainer,
-            trainer.model,
-            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
-            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
-            inputs["completion_ids"].size(1),
-            compute_entropy=True,
-        )
-    return entropies
+            _, reference_entropies = current_logps_and_entropies(trainer, inputs)
+            assert not torch.allclose(reused_entropies[mask], reference_entropies[mask], atol=1e-4)

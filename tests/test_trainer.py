@@ -6,7 +6,15 @@ import math
 
 import pytest
 import torch
-from conftest import build_trainer, contains_answer_reward, hand_batch, loss_and_grads, tiny_model, tiny_tokenizer
+from conftest import (
+    build_trainer,
+    contains_answer_reward,
+    current_logps_and_entropies,
+    hand_batch,
+    loss_and_grads,
+    tiny_model,
+    tiny_tokenizer,
+)
 from trl import GRPOConfig, GRPOTrainer
 
 from stapo_trl import STAPOConfig, STAPOTrainer
@@ -50,20 +58,6 @@ def assert_same(loss_a, grads_a, loss_b, grads_b):
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
         assert torch.equal(grads_a[name], grads_b[name]), name
-
-
-def current_logps_and_entropies(trainer, inputs):
-    """The policy's per-token log-probs and entropies on `inputs`, through TRL's own fused pass."""
-    with torch.no_grad():
-        logps, entropies, _ = GRPOTrainer._get_per_token_logps_and_entropies(
-            trainer,
-            trainer.model,
-            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
-            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
-            inputs["completion_ids"].size(1),
-            compute_entropy=True,
-        )
-    return logps, entropies
 
 
 def spurious_by_hand(logps, entropies, advantages, mask, tau_p, q):
