@@ -67,19 +67,9 @@ def digit_count_reward(completions, **kwargs):
     return [float(sum(character.isdigit() for character in completion)) for completion in completions]
 
 
-def build_trainer(
-    trainer_class,
-    config_class,
-    output_dir,
-    model=None,
-    reward_funcs=contains_answer_reward,
-    train_dataset=None,
-    trainer_kwargs=None,
-    **config_kwargs,
-):
-    """A trainer on the tiny model (and 16 addition prompts unless `train_dataset` is given) with CPU-friendly
-    settings; `config_kwargs` override them, `trainer_kwargs` go to the trainer (`peft_config`, `eval_dataset`, ...)."""
-    tokenizer = tiny_tokenizer()
+def tiny_cpu_settings(output_dir, **overrides):
+    """CPU-friendly GRPOConfig/STAPOConfig settings for the tiny model (4 completions per micro-batch, 2 per prompt, 6
+    tokens each, a log every step, no checkpoints); `overrides` win."""
     settings = dict(
         output_dir=str(output_dir),
         bf16=False,
@@ -93,11 +83,26 @@ def build_trainer(
         seed=0,
         activation_checkpointing=False,  # TRL's default (on) only costs time on a tiny model; tests that need it say so
     )
-    settings.update(config_kwargs)
+    return {**settings, **overrides}
+
+
+def build_trainer(
+    trainer_class,
+    config_class,
+    output_dir,
+    model=None,
+    reward_funcs=contains_answer_reward,
+    train_dataset=None,
+    trainer_kwargs=None,
+    **config_kwargs,
+):
+    """A trainer on the tiny model (and 16 addition prompts unless `train_dataset` is given) with CPU-friendly
+    settings; `config_kwargs` override them, `trainer_kwargs` go to the trainer (`peft_config`, `eval_dataset`, ...)."""
+    tokenizer = tiny_tokenizer()
     return trainer_class(
         model=model if model is not None else tiny_model(tokenizer),
         reward_funcs=reward_funcs,
-        args=config_class(**settings),
+        args=config_class(**tiny_cpu_settings(output_dir, **config_kwargs)),
         train_dataset=train_dataset if train_dataset is not None else addition_dataset(),
         processing_class=tokenizer,
         **(trainer_kwargs or {}),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from conftest import addition_dataset, digit_count_reward
+from conftest import addition_dataset, digit_count_reward, tiny_cpu_settings
 from datasets import Dataset
 from transformers import Qwen3ForSequenceClassification, Qwen3MoeConfig, Qwen3MoeForCausalLM
 from trl import GRPOConfig, GRPOTrainer
@@ -261,22 +261,8 @@ def resources(tmp_path_factory):
 
 
 def grpo_config(output_dir, row):
-    settings = dict(
-        output_dir=str(output_dir),
-        bf16=False,
-        use_cpu=True,
-        report_to=[],
-        per_device_train_batch_size=4,
-        num_generations=2,
-        max_completion_length=6,
-        learning_rate=1e-3,
-        epsilon_high=0.28,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        max_steps=row.steps,
-        activation_checkpointing=False,  # on by TRL's default under the old name, which warns; its own row turns it on
-    )
+    # Activation checkpointing stays off (conftest's settings) but in its own row.
+    settings = tiny_cpu_settings(output_dir, learning_rate=1e-3, epsilon_high=0.28, max_steps=row.steps)
     return GRPOConfig(**{**settings, **row.config})
 
 
